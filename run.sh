@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# paddle-lane: one entry point. Every verb sets up .venv when it is missing or stale.
+#   ./run.sh setup | demo | test | prepare | train | infer | evaluate | validate | video | visualdl
+# Environment:
+#   PADDLE_LANE_PADDLE   pip spec for Paddle (default: the CPU pin in requirements.lock),
+#                        e.g. "paddlepaddle-gpu==3.3.1" together with
+#   PADDLE_LANE_PIP_EXTRA_INDEX  extra index holding that build (Paddle's own CUDA index).
+#   PADDLE_LANE_PYTHON   interpreter used to create .venv (default: python3.11, else python3).
+set -euo pipefail
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+VENV="$ROOT/.venv"
+STAMP="$VENV/.paddle-lane-setup"
+
+want_stamp() {
+  { cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml"; echo "${PADDLE_LANE_PADDLE:-}"; } | sha256sum | cut -d' ' -f1
+}
+
+setup() {
+  local py="${PADDLE_LANE_PYTHON:-}"
+  if [[ -z "$py" ]]; then py="$(command -v python3.11 || command -v python3)"; fi
+  if [[ ! -x "$VENV/bin/python" ]]; then
+    echo "[setup] creating $VENV with $py" >&2
+    "$py" -m venv "$VENV"
+  fi
+  local reqs="$VENV/requirements.txt"
+  if [[ -n "${PADDLE_LANE_PADDLE:-}" ]]; then
+    grep -v '^paddlepaddle==' "$ROOT/requirements.lock" > "$reqs"
+    echo "${PADDLE_LANE_PADDLE}" >> "$reqs"
+  else
+    cp "$ROOT/requirements.lock" "$reqs"
+  fi
+  local extra=()
+  if [[ -n "${PADDLE_LANE_PIP_EXTRA_INDEX:-}" ]]; then extra=(--extra-index-url "$PADDLE_LANE_PIP_EXTRA_INDEX"); fi
+  echo "[setup] installing pinned dependencies" >&2
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${extra[@]}" -r "$reqs"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+  want_stamp > "$STAMP"
+  echo "[setup] ready: $VENV" >&2
+}
+
+ensure_setup() {
+  if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$(want_stamp)" ]]; then setup; fi
+}
+
+verb="${1:-help}"; shift || true
+case "$verb" in
+  setup) setup ;;
+  test)
+    ensure_setup
+    cd "$ROOT"
+    exec "$VENV/bin/python" -m pytest "$@" ;;
+  help|-h|--help)
+    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+  *)
+    ensure_setup
+    exec "$VENV/bin/paddle-lane" "$verb" "$@" ;;
+esac
