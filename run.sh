@@ -33,7 +33,7 @@ setup() {
   if [[ -n "${PADDLE_LANE_PIP_EXTRA_INDEX:-}" ]]; then extra=(--extra-index-url "$PADDLE_LANE_PIP_EXTRA_INDEX"); fi
   echo "[setup] installing pinned dependencies" >&2
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${extra[@]}" -r "$reqs"
-  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e "$ROOT"
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
   want_stamp > "$STAMP"
   echo "[setup] ready: $VENV" >&2
 }

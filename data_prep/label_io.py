@@ -1,0 +1,89 @@
+"""Reading images and labels so that every label flavour yields Apollo ids.
+
+Gray ("L") and palette ("P") PNGs both store ids as pixel indices: PIL gives those
+indices directly. cv2's gray reading of a palette PNG returns luminance, which
+silently corrupts lane pixels, so labels are never read with cv2 here.
+RGB colour labels are mapped back to ids through the label table's colours.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from data_prep.labels import label_table
+
+
+class UnreadableFileError(ValueError):
+    """A file that cannot be decoded (corrupt, truncated, not an image)."""
+
+
+class UnknownColorError(ValueError):
+    """An RGB label containing colours that are not in the Apollo table."""
+
+
+def _color_lut() -> tuple[np.ndarray, np.ndarray]:
+    """Packed 24-bit RGB keys (sorted) and the id for each."""
+    keys = np.array([(r << 16) | (g << 8) | b for r, g, b in (lab.color for lab in label_table())], np.int64)
+    ids = np.array([lab.id for lab in label_table()], np.uint8)
+    order = np.argsort(keys)
+    return keys[order], ids[order]
+
+
+def rgb_to_ids(rgb: np.ndarray, source: str = "<array>") -> np.ndarray:
+    """Map an HxWx3 RGB colour label to Apollo ids; unknown colours raise, listing them."""
+    packed = (rgb[..., 0].astype(np.int64) << 16) | (rgb[..., 1].astype(np.int64) << 8) | rgb[..., 2]
+    uniq, inverse = np.unique(packed, return_inverse=True)
+    keys, ids = _color_lut()
+    pos = np.clip(np.searchsorted(keys, uniq), 0, len(keys) - 1)
+    found = keys[pos] == uniq
+    if not found.all():
+        bad = [((int(u) >> 16) & 255, (int(u) >> 8) & 255, int(u) & 255) for u in uniq[~found][:5]]
+        raise UnknownColorError(f"{source}: {int((~found).sum())} colour(s) not in the Apollo table, e.g. {bad}")
+    return ids[pos][inverse].reshape(rgb.shape[:2])
+
+
+def read_label(path: str | Path) -> np.ndarray:
+    """Apollo ids (uint8 HxW) from a gray, palette or RGB colour label PNG."""
+    path = str(path)
+    try:
+        with Image.open(path) as im:
+            im.load()
+            mode = im.mode
+            if mode in ("L", "P"):
+                arr = np.asarray(im)  # palette indices are the ids; never convert()
+            elif mode in ("RGB", "RGBA"):
+                return rgb_to_ids(np.asarray(im.convert("RGB")), path)
+            elif mode in ("I", "I;16", "I;16B"):
+                arr = np.asarray(im)
+                if arr.max(initial=0) > 255:
+                    raise UnreadableFileError(f"{path}: 16-bit label with values above 255")
+            else:
+                raise UnreadableFileError(f"{path}: unsupported label mode {mode!r}")
+    except (OSError, SyntaxError) as exc:  # PIL raises these for truncated / corrupt files
+        raise UnreadableFileError(f"{path}: cannot decode label ({exc})") from exc
+    return np.ascontiguousarray(arr, dtype=np.uint8)
+
+
+def read_image(path: str | Path, reduce: int = 1) -> np.ndarray:
+    """RGB uint8 HxWx3. `reduce` in (1, 2, 4, 8) decodes JPEGs at 1/reduce size (much faster)."""
+    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
+             4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
+    data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode: paths with spaces/unicode are fine
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
+        raise UnreadableFileError(f"{path}: truncated JPEG (no end-of-image marker)")
+    img = cv2.imdecode(data, flags) if data.size else None
+    if img is None:
+        raise UnreadableFileError(f"{path}: cannot decode image")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def image_size(path: str | Path) -> tuple[int, int]:
+    """(width, height) from the header, without decoding pixels."""
+    try:
+        with Image.open(str(path)) as im:
+            return im.size
+    except (OSError, SyntaxError) as exc:
+        raise UnreadableFileError(f"{path}: cannot read image header ({exc})") from exc

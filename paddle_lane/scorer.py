@@ -1,0 +1,269 @@
+"""The competition's leaderboard evaluation, on a folder of predictions against a folder of labels.
+
+Both folders hold Apollo-id PNGs. Ground truth goes through the scheme's eval_lut
+(ignoreInEval ids excluded), predictions through pred_lut (any id of a category counts),
+and one confusion matrix is accumulated over the whole set, as the leaderboard did.
+Nothing is dropped silently: missing, extra, mis-sized, unreadable files and unknown
+ids all end up in the report's problem list.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import tempfile
+from collections import defaultdict
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm import tqdm
+
+from data_prep.label_io import UnreadableFileError, read_label
+from data_prep.labels import IGNORE_INDEX, Scheme, apply_lut, known_id_mask, load_scheme
+from paddle_lane.metrics import SegMetric, metric_to_jsonable
+
+MAX_PROBLEMS_SHOWN = 20
+BLANK_ID = 0  # Apollo id of an all-background prediction (mapped through pred_lut like any other)
+
+
+@dataclass(frozen=True)
+class _Job:
+    """One ground-truth frame and the prediction matched to it (None = missing)."""
+    gt_path: str
+    pred_path: str | None
+
+
+@dataclass
+class _FrameResult:
+    status: str  # scored | missing | bad_pred | mismatched | bad_gt
+    confusion: np.ndarray | None
+    problems: list[dict] = field(default_factory=list)
+
+
+@dataclass
+class ScoreReport:
+    """Metric results, confusion matrix, problem list and file counts of one scoring run."""
+    results: dict
+    confusion: np.ndarray
+    problems: list[dict]
+    counts: dict
+    class_names: list[str]
+    scheme: str
+    pred_dir: str
+    gt_dir: str
+    ignore_index: int = IGNORE_INDEX
+
+    @property
+    def miou(self) -> float:
+        return self.results["miou"]
+
+    @property
+    def miou_lanes(self) -> float:
+        return self.results["miou_lanes"]
+
+    def _metric(self) -> SegMetric:
+        metric = SegMetric(len(self.class_names), self.class_names, self.ignore_index,
+                           lane_classes=self.results["lane_classes"])
+        metric.merge(self.confusion)
+        return metric
+
+    def table(self) -> str:
+        """Per-class table, means and policy, then the file counts and problems."""
+        c = self.counts
+        lines = [self._metric().table(self.results), "",
+                 f"files: {c['gt_files']} ground truth, {c['scored']} scored "
+                 f"({c['missing']} missing and {c['unreadable_pred']} unreadable predictions scored as background), "
+                 f"{c['mismatched']} size mismatches skipped, {c['unreadable_gt']} unreadable ground truth skipped, "
+                 f"{c['extra']} extra predictions ignored, {c['unknown_ids']} files with unknown ids"]
+        for p in self.problems[:MAX_PROBLEMS_SHOWN]:
+            lines.append(f"  {p['file']}: {p['reason']}")
+        if len(self.problems) > MAX_PROBLEMS_SHOWN:
+            lines.append(f"  ... and {len(self.problems) - MAX_PROBLEMS_SHOWN} more problems (see scores.json)")
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        return {"scheme": self.scheme, "pred_dir": self.pred_dir, "gt_dir": self.gt_dir,
+                "counts": self.counts, "results": self.results, "class_names": self.class_names,
+                "confusion": self.confusion.tolist(), "problems": self.problems}
+
+    def write(self, out_dir: str | Path) -> dict[str, Path]:
+        """Write scores.csv (per-class rows) and scores.json (everything), each atomically."""
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        csv_text = pd.DataFrame(self.results["per_class"]).to_csv(index=False, na_rep="NaN")
+        json_text = json.dumps(metric_to_jsonable(self.to_dict()), indent=2, allow_nan=False)
+        paths = {"csv": out / "scores.csv", "json": out / "scores.json"}
+        _atomic_write_text(paths["csv"], csv_text)
+        _atomic_write_text(paths["json"], json_text + "\n")
+        return paths
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    """Write to a temp file in the same folder, then os.replace: readers never see half a file."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _check_dirs(pred_dir: Path, gt_dir: Path) -> list[Path]:
+    """The ground-truth PNGs, or a one-line ValueError about the folders."""
+    for what, d in (("prediction", pred_dir), ("ground-truth", gt_dir)):
+        if not d.is_dir():
+            raise ValueError(f"{what} folder not found: {d}")
+    gt_files = sorted(gt_dir.rglob("*.png"))
+    if not gt_files:
+        raise ValueError(f"no *.png ground truth under {gt_dir}")
+    return gt_files
+
+
+def _index_by_name(files: list[Path]) -> dict[str, list[Path]]:
+    index: dict[str, list[Path]] = defaultdict(list)
+    for f in files:
+        index[f.name].append(f)
+    return index
+
+
+def _duplicate_problems(index: dict[str, list[Path]], what: str) -> list[dict]:
+    return [{"file": str(paths[0]), "reason": f"duplicate {what} name, also at "
+             + ", ".join(str(p) for p in paths[1:]) + "; the first is used"}
+            for paths in index.values() if len(paths) > 1]
+
+
+def _pair_files(pred_dir: Path, gt_files: list[Path], pred_suffix: str) -> tuple[list[_Job], list[dict], list[dict]]:
+    """Match each ground truth to the prediction named <gt stem><pred_suffix>.png anywhere under pred_dir.
+
+    Returns the jobs, the extra-prediction problems and the duplicate-name problems.
+    """
+    preds = _index_by_name(sorted(pred_dir.rglob("*.png")))
+    gts = _index_by_name(gt_files)
+    wanted = {f"{Path(name).stem}{pred_suffix}.png" for name in gts}
+    jobs = []
+    for name, paths in gts.items():
+        match = preds.get(f"{Path(name).stem}{pred_suffix}.png")
+        jobs.append(_Job(str(paths[0]), str(match[0]) if match else None))
+    extra = [{"file": str(p), "reason": "extra prediction: no ground truth with this name; ignored"}
+             for name, paths in preds.items() if name not in wanted for p in paths]
+    dups = _duplicate_problems(gts, "ground-truth") + [
+        p for p in _duplicate_problems(preds, "prediction") if Path(p["file"]).name in wanted]
+    return jobs, extra, dups
+
+
+def _unknown_ids(ids: np.ndarray) -> list[int]:
+    """Values of ids that are not in the Apollo label table (cheap check via a 256-entry LUT)."""
+    flags = apply_lut(ids, (~known_id_mask()).astype(np.uint8))
+    return np.unique(ids[flags.astype(bool)]).tolist() if flags.any() else []
+
+
+def _unknown_problem(path: str, ids: np.ndarray, what: str) -> list[dict]:
+    values = _unknown_ids(ids)
+    if not values:
+        return []
+    return [{"file": path, "reason": f"unknown id(s) {values} in {what} (not in the Apollo table); "
+             "pixels still mapped through the scheme's lookup table"}]
+
+
+def _read_prediction(job: _Job, shape: tuple[int, ...]) -> tuple[str, np.ndarray, list[dict]]:
+    """Raw prediction ids, or all background (with a problem) when missing or unreadable."""
+    if job.pred_path is None:
+        return "missing", np.full(shape, BLANK_ID, np.uint8), [
+            {"file": job.gt_path, "reason": "missing prediction; scored as all background"}]
+    try:
+        ids = read_label(job.pred_path)
+    except UnreadableFileError as exc:
+        return "bad_pred", np.full(shape, BLANK_ID, np.uint8), [
+            {"file": job.pred_path, "reason": f"unreadable prediction, scored as all background: {exc}"}]
+    return "scored", ids, _unknown_problem(job.pred_path, ids, "prediction")
+
+
+def _score_frame(job: _Job, gt_lut: np.ndarray, pred_lut: np.ndarray, num_classes: int) -> _FrameResult:
+    """Read one pair, map it to train ids and return its confusion matrix plus any problems."""
+    try:
+        gt_ids = read_label(job.gt_path)
+    except UnreadableFileError as exc:
+        return _FrameResult("bad_gt", None, [{"file": job.gt_path, "reason": f"unreadable ground truth, skipped: {exc}"}])
+    problems = _unknown_problem(job.gt_path, gt_ids, "ground truth")
+    status, pred_ids, pred_problems = _read_prediction(job, gt_ids.shape)
+    problems += pred_problems
+    if pred_ids.shape != gt_ids.shape:
+        problems.append({"file": job.pred_path, "reason": f"size mismatch: prediction {pred_ids.shape[::-1]} vs "
+                         f"ground truth {gt_ids.shape[::-1]} (w, h); frame skipped"})
+        return _FrameResult("mismatched", None, problems)
+    metric = SegMetric(num_classes, ignore_index=IGNORE_INDEX)
+    metric.update(apply_lut(pred_ids, pred_lut), apply_lut(gt_ids, gt_lut))
+    return _FrameResult(status, metric.confusion, problems)
+
+
+def _init_worker() -> None:
+    """One OpenCV thread per worker process: the pool already uses the cores."""
+    import cv2
+    cv2.setNumThreads(1)
+
+
+def _run_frames(jobs: list[_Job], frame_fn, workers: int, progress: bool) -> list[_FrameResult]:
+    """frame_fn over all jobs, inline for workers == 1, else in a process pool; in job order."""
+    bar = tqdm(total=len(jobs), desc="scoring", unit="img", disable=not progress)
+    with bar:
+        if workers == 1:
+            return [_tick(bar, frame_fn(job)) for job in jobs]
+        # spawn, not fork: forking a parent that holds Paddle/OpenCV thread pools can deadlock.
+        ctx = multiprocessing.get_context("spawn")
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)), mp_context=ctx,
+                                 initializer=_init_worker) as pool:
+            futures = {pool.submit(frame_fn, job): i for i, job in enumerate(jobs)}
+            results: list[_FrameResult | None] = [None] * len(jobs)
+            for fut in as_completed(futures):
+                results[futures[fut]] = _tick(bar, fut.result())
+    return results
+
+
+def _tick(bar: tqdm, result: _FrameResult) -> _FrameResult:
+    bar.update(1)
+    return result
+
+
+def _counts(gt_files: int, results: list[_FrameResult], extra: int) -> dict:
+    """File counts; 'scored' is every frame in the metric, including those scored as background."""
+    n = defaultdict(int)
+    for r in results:
+        n[r.status] += 1
+    unknown = len({p["file"] for r in results for p in r.problems if p["reason"].startswith("unknown id")})
+    return {"gt_files": gt_files, "scored": n["scored"] + n["missing"] + n["bad_pred"],
+            "missing": n["missing"], "extra": extra, "mismatched": n["mismatched"],
+            "unreadable_gt": n["bad_gt"], "unreadable_pred": n["bad_pred"], "unknown_ids": unknown}
+
+
+def score_folders(pred_dir: str | Path, gt_dir: str | Path, scheme: Scheme | str, *, workers: int = 2,
+                  pred_suffix: str = "", out_dir: str | Path | None = None, progress: bool = True) -> ScoreReport:
+    """Score the Apollo-id PNGs under pred_dir against every *.png under gt_dir (recursive).
+
+    A prediction matches a ground truth by file name: <gt stem><pred_suffix>.png, in any sub-folder.
+    """
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+    scheme = load_scheme(scheme) if isinstance(scheme, str) else scheme
+    pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
+    gt_files = _check_dirs(pred_dir, gt_dir)
+    jobs, extra, duplicates = _pair_files(pred_dir, gt_files, pred_suffix)
+    frame_fn = partial(_score_frame, gt_lut=scheme.eval_lut(), pred_lut=scheme.pred_lut(),
+                       num_classes=scheme.num_classes)
+    results = _run_frames(jobs, frame_fn, workers, progress)
+    metric = SegMetric(scheme.num_classes, scheme.class_names, IGNORE_INDEX)
+    for r in results:
+        if r.confusion is not None:
+            metric.merge(r.confusion)
+    problems = duplicates + [p for r in results for p in r.problems] + extra
+    report = ScoreReport(results=metric.compute(), confusion=metric.confusion, problems=problems,
+                         counts=_counts(len(gt_files), results, len(extra)), class_names=scheme.class_names,
+                         scheme=scheme.name, pred_dir=str(pred_dir), gt_dir=str(gt_dir))
+    if out_dir is not None:
+        report.write(out_dir)
+    return report
