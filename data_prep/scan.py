@@ -79,7 +79,7 @@ def _walk(root: Path):
 
 def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> ScanResult:
     """Pair images with labels by key (file stem), reporting what does not pair."""
-    root = Path(root)
+    root = Path(root).resolve()  # lists hold absolute paths: they work from any folder
     if not root.is_dir():
         raise FileNotFoundError(f"data root not found or not a folder: {root}")
     result = ScanResult()
@@ -100,7 +100,7 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> 
             else:
                 tests.append(path)
     if test_dir is not None:
-        tdir = Path(test_dir)
+        tdir = Path(test_dir).resolve()
         if not tdir.is_dir():
             raise FileNotFoundError(f"test folder not found: {tdir}")
         tests = [p for p in _walk(tdir) if p.suffix.lower() in IMAGE_EXTS and not _is_label(p)]

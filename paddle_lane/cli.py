@@ -16,7 +16,7 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
                    help="config overrides, e.g. train.seed=1 stages.0.batch_size=4")
 
 
-def cmd_prepare(args) -> int:
+def cmd_prepare(args, argv) -> int:
     from data_prep.prepare import prepare, summary_table
     cfg = load_config(args.config, args.opts)
     if args.cache:
@@ -24,6 +24,60 @@ def cmd_prepare(args) -> int:
     res = prepare(args.data_root, args.out, cfg, workers=args.workers, test_dir=args.test_dir)
     print(summary_table(res))
     return 0
+
+
+def _launch_distributed(args, argv: list[str]) -> int:
+    """Re-run this command under paddle.distributed.launch (one process per card/CPU slot)."""
+    import os
+    import subprocess
+    from pathlib import Path
+    cfg = load_config(args.config, args.opts)
+    launch = [sys.executable, "-m", "paddle.distributed.launch",
+              "--log_dir", str(Path(cfg.train.output_dir) / "launch_logs")]
+    if args.gpus:
+        launch += ["--devices", args.gpus]
+    else:
+        launch += ["--nproc_per_node", str(args.nproc)]
+    if args.ips:
+        launch += ["--ips", args.ips]
+    inner = [a for a in argv if a not in ("--gpus", "--nproc", "--ips") and a not in (args.gpus, str(args.nproc), args.ips)]
+    cmd = launch + [str(Path(__file__).resolve())] + inner
+    env = dict(os.environ, PADDLE_LANE_LAUNCHED="1")
+    return subprocess.call(cmd, env=env)
+
+
+def cmd_train(args, argv: list[str]) -> int:
+    import os
+    multi = args.gpus is not None and "," in args.gpus or (args.nproc or 1) > 1 or args.ips
+    if multi and not os.environ.get("PADDLE_LANE_LAUNCHED"):
+        return _launch_distributed(args, argv)
+    from paddle_lane.engine.trainer import Trainer, TrainingStopped
+    cfg = load_config(args.config, args.opts)
+    try:
+        results = Trainer(cfg, resume=args.resume, device=args.device).run()
+    except TrainingStopped as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    except MemoryError:
+        print("error: out of memory: lower stages.N.batch_size or the stage size", file=sys.stderr)
+        return 3
+    except RuntimeError as exc:
+        if "out of memory" in str(exc).lower() or "ResourceExhausted" in str(exc):
+            print("error: out of memory: lower stages.N.batch_size or the stage size", file=sys.stderr)
+            return 3
+        raise
+    import paddle.distributed as dist
+    if dist.get_rank() == 0:
+        for r in results:
+            print(f"stage {r.stage}: best mIoU {r.best_miou:.4f} at iter {r.best_iter} (ran {r.last_iter}"
+                  f"{', stopped early' if r.stopped_early else ''}) -> {r.best_dir}")
+    return 0
+
+
+def cmd_visualdl(args, argv) -> int:
+    import subprocess
+    return subprocess.call([sys.executable, "-m", "visualdl", "--logdir", args.logdir,
+                            "--host", args.host, "--port", str(args.port)])
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,13 +92,29 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache", action="store_true", help="also write the resized cache for every stage size")
     _add_config_args(p)
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="staged training (all stages of the config)")
+    _add_config_args(p, required=True)
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    p.add_argument("--gpus", help="GPU ids for multi-card training, e.g. 0,1,2,3")
+    p.add_argument("--nproc", type=int, default=1, help="processes per machine (CPU multi-process)")
+    p.add_argument("--ips", help="comma-separated machine IPs for multi-machine training")
+    p.add_argument("--device", choices=["cpu", "gpu"], help="force a device (default: GPU if available)")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("visualdl", help="serve the VisualDL UI for a run")
+    p.add_argument("--logdir", default="runs", help="folder with VisualDL logs (a run's vdl/ or a parent)")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8040)
+    p.set_defaults(func=cmd_visualdl)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        return args.func(args, argv)
     except (ConfigError, FileNotFoundError, ValueError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

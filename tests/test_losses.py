@@ -133,6 +133,18 @@ def test_perfect_logits_near_zero_and_better_than_wrong(name):
     assert wrong_value > right_value + 0.5
 
 
+def test_dice_matches_numpy_reference():
+    logits, labels = random_batch(11)
+    probs = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    valid = labels != IGNORE
+    onehot = np.eye(C)[np.where(valid, labels, 0)].transpose(0, 3, 1, 2) * valid[:, None]
+    probs = probs * valid[:, None]
+    inter, pred, truth = (a.sum(axis=(0, 2, 3)) for a in (probs * onehot, probs, onehot))
+    expected = np.mean(1 - (2 * inter + 1) / (pred + truth + 1))
+    got = float(SoftDice()(*tensors(logits, labels)))
+    assert got == pytest.approx(expected, rel=1e-5)
+
+
 def test_lovasz_matches_numpy_reference():
     logits, labels = random_batch(10)
     labels[labels == 2] = 0

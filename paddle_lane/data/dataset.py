@@ -1,0 +1,124 @@
+"""paddle.io datasets over prepare's lists, and a seeded, resumable, rank-aware sampler."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import paddle
+
+from paddle_lane.data.transforms import FULL_SIZE, FrameSource, augment, normalize
+
+
+def read_list(path: str | Path, need_labels: bool = True) -> pd.DataFrame:
+    """A prepare list as a DataFrame; clear errors when missing or empty."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"list not found: {path} (run `./run.sh prepare` first)")
+    df = pd.read_csv(path, keep_default_na=False)
+    if df.empty:
+        raise ValueError(f"list is empty: {path}")
+    cols = ["image", "key"] + (["label"] if need_labels else [])
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing}")
+    return df
+
+
+class LaneDataset(paddle.io.Dataset):
+    """Frames of a list at one stage size; `train=True` applies the augmentations.
+
+    Augmentation randomness comes from (seed, epoch, index) alone, so a resumed run and a
+    run with a different number of loader workers draw identical samples.
+    """
+
+    def __init__(self, df: pd.DataFrame, source: FrameSource, mean, std, augment_cfg=None,
+                 seed: int = 0, with_labels: bool = True):
+        super().__init__()
+        self.rows = df[[c for c in ("key", "image", "label", "width", "height") if c in df.columns]].to_dict("records")
+        self.source, self.mean, self.std = source, mean, std
+        self.augment_cfg, self.seed, self.epoch = augment_cfg, seed, 0
+        self.with_labels = with_labels
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def load(self, idx: int):
+        """uint8 image and label at the stage size, augmented when training."""
+        row = self.rows[idx]
+        full = (int(row.get("width") or FULL_SIZE[0]), int(row.get("height") or FULL_SIZE[1]))
+        rgb, lab = self.source.load(row["key"], row["image"], row.get("label") if self.with_labels else None, full)
+        if self.augment_cfg is not None and lab is not None:
+            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            rgb, lab = augment(rgb, lab, self.augment_cfg, rng)
+        return rgb, lab
+
+    def __getitem__(self, idx: int):
+        rgb, lab = self.load(idx)
+        image = normalize(rgb, self.mean, self.std)
+        if lab is None:
+            return image, np.int64(idx)
+        return image, lab.astype(np.int64)
+
+
+class EpochBatchSampler(paddle.io.BatchSampler):
+    """Batches for one rank: a seeded per-epoch permutation (or weighted draw for
+    oversampling), split across ranks like DistributedBatchSampler, resumable mid-epoch."""
+
+    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
+                 seed: int = 0, shuffle: bool = True, weights: np.ndarray | None = None,
+                 drop_last: bool = True):
+        self.n, self.batch_size, self.rank, self.world = num_samples, batch_size, rank, world_size
+        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
+        self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
+        self.epoch, self.start_batch = 0, 0
+        if num_samples <= 0:
+            raise ValueError("cannot sample from an empty dataset")
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def _epoch_indices(self) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        if not self.shuffle:
+            order = np.arange(self.n)
+        elif self.weights is not None:
+            order = rng.choice(self.n, size=self.n, replace=True, p=self.weights)
+        else:
+            order = rng.permutation(self.n)
+        per_rank = math.ceil(len(order) / self.world)
+        total = per_rank * self.world
+        if total > len(order):  # pad by wrapping so every rank gets the same count
+            order = np.concatenate([order, order[: total - len(order)]])
+        return order[self.rank:total:self.world]
+
+    def batches(self) -> list[list[int]]:
+        idx = self._epoch_indices().tolist()
+        if self.drop_last and len(idx) >= self.batch_size:
+            idx = idx[: len(idx) // self.batch_size * self.batch_size]
+        return [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+
+    def __iter__(self):
+        yield from self.batches()[self.start_batch:]
+
+    def __len__(self) -> int:
+        return max(0, len(self.batches()) - self.start_batch)
+
+
+def rare_class_weights(df: pd.DataFrame, class_names: list[str], boost: float) -> np.ndarray | None:
+    """Sampling weight 1 + boost for frames holding a rare lane class (below the median
+    frequency of lane classes), else 1."""
+    if boost <= 0:
+        return None
+    cols = [f"px_{n}" for n in class_names[1:] if f"px_{n}" in df.columns]
+    if not cols:
+        return None
+    totals = df[cols].sum()
+    present = totals[totals > 0]
+    rare = present[present < present.median()].index.tolist() if len(present) > 1 else []
+    has_rare = (df[rare] > 0).any(axis=1).to_numpy() if rare else np.zeros(len(df), bool)
+    return 1.0 + boost * has_rare

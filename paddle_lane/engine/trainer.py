@@ -1,0 +1,323 @@
+"""Staged training: each stage (size, batch, iterations, LR) starts from the previous
+stage's best weights. One loop per stage that reads top to bottom: fetch a batch,
+forward, loss, backward, step, log; validate every N iterations; checkpoint."""
+from __future__ import annotations
+
+import json
+import math
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import paddle
+import paddle.distributed as dist
+from tqdm import tqdm
+
+from data_prep.labels import load_scheme
+from paddle_lane.config import Config, save_config
+from paddle_lane.data.dataset import EpochBatchSampler, LaneDataset, rare_class_weights, read_list
+from paddle_lane.data.transforms import FrameSource
+from paddle_lane.device import is_gpu, select_device
+from paddle_lane.engine.checkpoint import (list_checkpoints, load_weights, prune, read_state,
+                                           save_checkpoint)
+from paddle_lane.engine.monitor import Monitor
+from paddle_lane.engine.schedules import IterLR, build_optimizer
+from paddle_lane.losses import build_loss
+from paddle_lane.metrics import SegMetric
+from paddle_lane.models import build_model, set_backbone_trainable
+
+
+class TrainingStopped(RuntimeError):
+    """Raised for a NaN or exploding loss; the last good checkpoint is kept."""
+
+
+@dataclass
+class StageResult:
+    stage: int
+    best_miou: float
+    best_iter: int
+    last_iter: int
+    stopped_early: bool
+    best_dir: str
+
+
+def load_stats(cfg: Config) -> dict:
+    """prepare's stats.json, checked against the configured scheme."""
+    path = Path(cfg.data.lists_dir) / "stats.json"
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: run `./run.sh prepare --out {cfg.data.lists_dir}` first")
+    stats = json.loads(path.read_text())
+    scheme = load_scheme(cfg.data.scheme)
+    if stats.get("class_names") != scheme.class_names:
+        raise ValueError(f"{cfg.source}: data.scheme {scheme.name!r} has classes {scheme.class_names} but "
+                         f"{path} was prepared with {stats.get('class_names')}; re-run prepare or fix data.scheme")
+    return stats
+
+
+def reseed(seed: int, stage: int, it: int, rank: int) -> None:
+    """Re-seed Paddle's RNG (dropout etc.) at every checkpoint, so a resumed run draws the
+    same random numbers as the uninterrupted one from that point on."""
+    paddle.seed(seed * 1_000_003 + stage * 10_007 + it * 31 + rank)
+
+
+class Trainer:
+    """Runs every stage of a config; rank 0 writes logs and checkpoints."""
+
+    def __init__(self, cfg: Config, resume: bool = False, device: str | None = None, quiet: bool = False):
+        self.cfg, self.resume, self.quiet = cfg, resume, quiet
+        self.world = dist.get_world_size()
+        self.rank = dist.get_rank()
+        self.device = select_device(device)
+        if self.world > 1:
+            dist.init_parallel_env()
+        self.main = self.rank == 0
+        self.out = Path(cfg.train.output_dir)
+        self.scheme = load_scheme(cfg.data.scheme)
+        self.stats = load_stats(cfg)
+        self.train_df = read_list(Path(cfg.data.lists_dir) / "train.csv")
+        val_path = Path(cfg.data.lists_dir) / "val.csv"
+        self.val_df = read_list(val_path) if val_path.exists() and val_path.stat().st_size > 0 and \
+            len(open(val_path).readlines()) > 1 else None
+        if self.val_df is not None and cfg.train.max_val_images > 0:
+            self.val_df = self.val_df.head(cfg.train.max_val_images)
+        self.amp = self._amp_level()
+        paddle.seed(cfg.train.seed + self.rank)
+        np.random.seed(cfg.train.seed + self.rank)
+        self.monitor = Monitor(self.out / "vdl", enabled=self.main, quiet=quiet or not self.main)
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yml")
+
+    # ------------------------------------------------------------------ setup helpers
+    def _amp_level(self):
+        if not self.cfg.train.amp:
+            return None
+        if not is_gpu(self.device):
+            warnings.warn(f"train.amp={self.cfg.train.amp} needs a GPU; training in fp32 on CPU", stacklevel=2)
+            print(f"warning: train.amp={self.cfg.train.amp} ignored on CPU (fp32)")
+            return None
+        return "float16" if self.cfg.train.amp == "fp16" else "bfloat16"
+
+    def _build_model(self):
+        model = build_model(self.cfg.model, self.scheme.num_classes)
+        return model
+
+    def _loaders(self, stage_idx: int, epoch: int, start_batch: int):
+        st = self.cfg.stages[stage_idx]
+        size = (st.width, st.height)
+        source = FrameSource.from_config(self.cfg, size)
+        d = self.cfg.data
+        train_ds = LaneDataset(self.train_df, source, d.mean, d.std, self.cfg.augment, seed=self.cfg.train.seed)
+        weights = rare_class_weights(self.train_df, self.scheme.class_names, d.oversample_rare)
+        sampler = EpochBatchSampler(len(train_ds), st.batch_size, self.rank, self.world,
+                                    seed=self.cfg.train.seed + 1000 * stage_idx, weights=weights,
+                                    drop_last=len(train_ds) // self.world >= st.batch_size)
+        sampler.set_epoch(epoch, start_batch)
+        train_ds.set_epoch(epoch)
+        return train_ds, sampler, source
+
+    def _loader(self, ds, sampler):
+        return paddle.io.DataLoader(ds, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
+                                    use_shared_memory=self.cfg.data.num_workers > 0)
+
+    def _class_weights(self):
+        return self.stats.get("class_weights")
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> list[StageResult]:
+        start_stage, resume_state, resume_dir = 0, None, None
+        if self.resume:
+            ckpts = list_checkpoints(self.out)
+            if ckpts:
+                resume_dir = ckpts[-1]
+                resume_state = read_state(resume_dir)
+                start_stage = resume_state["stage"]
+                if resume_state.get("stage_done"):
+                    start_stage += 1
+                    resume_state, resume_dir = None, None
+                if self.main and not self.quiet:
+                    print(f"resuming from {ckpts[-1]}")
+            elif self.main:
+                print(f"no checkpoint in {self.out}; starting from scratch")
+        results = []
+        for i in range(len(self.cfg.stages)):
+            if i < start_stage:
+                continue
+            results.append(self.run_stage(i, resume_state if i == start_stage else None,
+                                          resume_dir if i == start_stage else None))
+        self.monitor.close()
+        return results
+
+    def _init_weights(self, model, stage_idx: int):
+        """Stage > 0 starts from the previous stage's best weights."""
+        if stage_idx == 0:
+            return
+        prev = self.out / f"stage{stage_idx - 1}" / "best"
+        if not prev.exists():
+            prev_ckpts = [p for p in list_checkpoints(self.out) if read_state(p).get("stage") == stage_idx - 1]
+            if not prev_ckpts:
+                raise FileNotFoundError(f"stage {stage_idx} needs stage {stage_idx - 1}'s weights in {self.out}")
+            prev = prev_ckpts[-1]
+        load_weights(model, prev)
+
+    def run_stage(self, stage_idx: int, resume_state: dict | None, resume_dir: Path | None) -> StageResult:
+        cfg, st = self.cfg, self.cfg.stages[stage_idx]
+        stage_dir = self.out / f"stage{stage_idx}"
+        model = self._build_model()
+        if resume_dir is not None:
+            load_weights(model, resume_dir)
+        else:
+            self._init_weights(model, stage_idx)
+        net = paddle.DataParallel(model) if self.world > 1 else model
+        loss_fn = build_loss(cfg.loss, self.scheme.num_classes, self._class_weights())
+        lr = IterLR(st.iters, st.lr, cfg.schedule)
+        optimizer = build_optimizer(model.parameters(), cfg.optimizer, lr)
+        scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if self.amp == "float16" else None
+
+        it, epoch, batch_in_epoch = 0, 0, 0
+        best, best_iter, bad_vals = -math.inf, -1, 0
+        if resume_state is not None:
+            optimizer.set_state_dict(paddle.load(str(resume_dir / "optimizer.pdopt")))
+            lr.set_state_dict({"last_epoch": resume_state["iter"], "last_lr": resume_state["lr"]})
+            it, epoch, batch_in_epoch = resume_state["iter"], resume_state["epoch"], resume_state["batch_in_epoch"]
+            best, best_iter, bad_vals = resume_state["best_miou"], resume_state["best_iter"], resume_state["bad_vals"]
+            reseed(cfg.train.seed, stage_idx, it, self.rank)
+
+        train_ds, sampler, source = self._loaders(stage_idx, epoch, batch_in_epoch)
+        val_ds = None
+        if self.val_df is not None:
+            val_ds = LaneDataset(self.val_df, FrameSource.from_config(cfg, (st.width, st.height)),
+                                 cfg.data.mean, cfg.data.std, None)
+        if self.main and not self.quiet:
+            print(f"stage {stage_idx}: {st.width}x{st.height}, batch {st.batch_size} x {self.world} rank(s), "
+                  f"{st.iters} iters, lr {st.lr}, {len(train_ds)} train / {len(val_ds) if val_ds else 0} val frames, "
+                  f"cache {'on' if source.cache_folder else 'off'}")
+        frozen = cfg.model.freeze_backbone_iters > it
+        set_backbone_trainable(model, not frozen)
+        bar = tqdm(total=st.iters, initial=it, desc=f"stage {stage_idx}", disable=not self.main or self.quiet,
+                   dynamic_ncols=True)
+        stopped_early = False
+        net.train()
+        while it < st.iters and not stopped_early:
+            loader = self._loader(train_ds, sampler)
+            t_fetch = time.perf_counter()
+            for images, labels in loader:
+                t_data = time.perf_counter() - t_fetch
+                if frozen and it >= cfg.model.freeze_backbone_iters:
+                    set_backbone_trainable(model, True)
+                    frozen = False
+                t0 = time.perf_counter()
+                with paddle.amp.auto_cast(enable=self.amp is not None, level="O1", dtype=self.amp or "float16"):
+                    logits = net(images)
+                    total, terms = loss_fn(logits, labels)
+                loss_value = float(total)
+                if not math.isfinite(loss_value) or loss_value > cfg.train.max_loss:
+                    bar.close()
+                    raise TrainingStopped(
+                        f"stage {stage_idx} iter {it}: loss is {loss_value} (limit train.max_loss={cfg.train.max_loss}); "
+                        f"stopped. Last good checkpoint kept in {stage_dir}. Lower the LR or enable optimizer.grad_clip.")
+                if scaler is not None:
+                    scaler.scale(total).backward()
+                    scaler.step(optimizer)
+                    scaler.update()
+                else:
+                    total.backward()
+                    optimizer.step()
+                optimizer.clear_grad()
+                cur_lr = optimizer.get_lr()
+                lr.step()
+                it += 1
+                batch_in_epoch += 1
+                t_compute = time.perf_counter() - t0
+                n_img = int(images.shape[0]) * self.world
+                self.monitor.train_step(stage_idx, it, loss_value, {k: float(v) for k, v in terms.items()}, cur_lr,
+                                        n_img / max(t_data + t_compute, 1e-9), t_data, t_compute)
+                if it % cfg.train.log_interval == 0 or it == st.iters:
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}",
+                                    ips=f"{n_img / max(t_data + t_compute, 1e-9):.1f}")
+                bar.update(1)
+                if it % cfg.train.val_interval == 0 or it == st.iters:
+                    miou = self.validate(net, val_ds, stage_idx, it)
+                    improved = miou > best if val_ds is not None else True
+                    if improved:
+                        best, best_iter, bad_vals = miou, it, 0
+                    else:
+                        bad_vals += 1
+                    state = {"stage": stage_idx, "iter": it, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
+                             "lr": lr.last_lr, "best_miou": best if math.isfinite(best) else -1.0,
+                             "best_iter": best_iter, "bad_vals": bad_vals, "val_miou": miou,
+                             "stage_done": it >= st.iters, "size": [st.width, st.height], "loss": loss_value}
+                    if self.main:
+                        save_checkpoint(stage_dir / f"iter_{it:07d}", model, optimizer, state)
+                        if improved:
+                            save_checkpoint(stage_dir / "best", model, None, state)
+                        prune(self.out, stage_idx, cfg.train.keep_last)
+                    reseed(cfg.train.seed, stage_idx, it, self.rank)
+                    net.train()
+                    if cfg.train.patience and bad_vals >= cfg.train.patience:
+                        stopped_early = True
+                        if self.main and not self.quiet:
+                            print(f"\nearly stop: no improvement in {bad_vals} validations (best {best:.4f} at {best_iter})")
+                        break
+                if it >= st.iters:
+                    break
+                t_fetch = time.perf_counter()
+            else:
+                epoch += 1
+                batch_in_epoch = 0
+                sampler.set_epoch(epoch, 0)
+                train_ds.set_epoch(epoch)
+        bar.close()
+        if self.main and stopped_early:
+            # mark the stage finished so --resume moves on to the next stage
+            last = list_checkpoints(self.out)[-1]
+            save_checkpoint(last, model, optimizer, {**read_state(last), "stage_done": True})
+        if self.world > 1:
+            dist.barrier()
+        return StageResult(stage_idx, best, best_iter, it, stopped_early, str(stage_dir / "best"))
+
+    # ------------------------------------------------------------------ validation
+    @paddle.no_grad()
+    def validate(self, net, val_ds, stage_idx: int, it: int) -> float:
+        """mIoU (8 classes) on this rank's share of val, confusion summed over ranks."""
+        if val_ds is None:
+            return float("nan")
+        net.eval()
+        metric = SegMetric(self.scheme.num_classes, self.scheme.class_names)
+        idx = list(range(self.rank, len(val_ds), self.world))
+        sampler = _FixedBatches([idx[i:i + 1] for i in range(len(idx))])
+        loader = paddle.io.DataLoader(val_ds, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
+                                      use_shared_memory=self.cfg.data.num_workers > 0)
+        shown = []
+        for k, (images, labels) in enumerate(loader):
+            logits = net(images)
+            pred = paddle.argmax(logits, axis=1).numpy().astype(np.uint8)
+            gt = labels.numpy()
+            metric.update(pred, gt)
+            if self.main and len(shown) < self.cfg.train.vis_images:
+                shown.append((images.numpy()[0], gt[0].astype(np.uint8), pred[0]))
+        conf = paddle.to_tensor(metric.confusion.astype(np.int64))
+        if self.world > 1:
+            dist.all_reduce(conf)
+            metric.reset()
+            metric.merge(conf.numpy())
+        result = metric.compute()
+        if self.main:
+            self.monitor.validation(stage_idx, it, result, metric.table(), shown, self.cfg.data, self.scheme)
+        miou = result["miou"]
+        return float(miou) if miou is not None and math.isfinite(miou) else 0.0
+
+
+class _FixedBatches(paddle.io.BatchSampler):
+    """A given list of batches (validation shards)."""
+
+    def __init__(self, batches):
+        self._batches = batches
+
+    def __iter__(self):
+        return iter(self._batches)
+
+    def __len__(self):
+        return len(self._batches)

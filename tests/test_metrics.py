@@ -1,0 +1,137 @@
+"""SegMetric against confusion matrices computed by hand on tiny arrays."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from paddle_lane.metrics import SegMetric, metric_to_jsonable
+
+NAMES = ["bg", "lane_a", "lane_b"]
+I = 255  # ignore
+
+# gt: class 0 on the left half, class 1 top-right, ignore bottom-right. Class 2 never in gt.
+GT = np.array([[0, 0, 1, 1],
+               [0, 0, 1, 1],
+               [0, 0, I, I],
+               [0, 0, I, I]], np.uint8)
+PRED = np.array([[0, 1, 1, 1],
+                 [0, 0, 1, 0],
+                 [0, 2, 2, 2],   # the two 2s under ignore do not count
+                 [0, 0, 1, 1]], np.uint8)
+# rows = gt, cols = pred, counted by hand from the arrays above
+CONFUSION = np.array([[6, 1, 1],
+                      [1, 3, 0],
+                      [0, 0, 0]])
+
+
+def _metric(**kw) -> SegMetric:
+    m = SegMetric(3, NAMES, **kw)
+    m.update(PRED, GT)
+    return m
+
+
+def test_confusion_matches_hand_count_and_skips_ignore():
+    m = _metric()
+    assert m.confusion.dtype == np.int64
+    np.testing.assert_array_equal(m.confusion, CONFUSION)
+
+
+def test_scores_match_hand_computation():
+    r = _metric().compute()
+    bg, a, b = r["per_class"]
+    assert bg["iou"] == pytest.approx(6 / 9) and a["iou"] == pytest.approx(3 / 5)
+    assert bg["precision"] == pytest.approx(6 / 7) and bg["recall"] == pytest.approx(6 / 8)
+    assert bg["f1"] == pytest.approx(0.8) and a["f1"] == pytest.approx(0.75)
+    assert (bg["gt_pixels"], bg["pred_pixels"], a["gt_pixels"], a["pred_pixels"]) == (8, 7, 4, 4)
+    assert r["pixel_accuracy"] == pytest.approx(9 / 12)
+    assert r["miou"] == pytest.approx((6 / 9 + 3 / 5 + 0) / 3)
+    assert r["miou_lanes"] == pytest.approx((3 / 5 + 0) / 2)
+
+
+def test_false_positives_only_class_scores_zero_and_counts_in_means():
+    b = _metric().compute()["per_class"][2]
+    assert b["status"] == "false positives only"
+    assert b["iou"] == 0.0 and b["precision"] == 0.0 and b["f1"] == 0.0
+    assert math.isnan(b["recall"])
+
+
+def test_absent_class_is_nan_and_excluded_from_means():
+    m = SegMetric(3, NAMES)
+    m.update(np.array([[0, 1], [1, 1]]), np.array([[0, 1], [0, 1]]))  # class 2 nowhere
+    r = m.compute()
+    b = r["per_class"][2]
+    assert b["status"] == "absent" and math.isnan(b["iou"])
+    assert all(math.isnan(b[k]) for k in ("precision", "recall", "f1"))
+    assert r["absent_classes"] == ["lane_b"]
+    assert r["miou"] == pytest.approx((1 / 2 + 2 / 3) / 2)
+    assert r["miou_lanes"] == pytest.approx(2 / 3)
+    assert "absent" in r["policy"] and "excluded" in r["policy"]
+
+
+def test_all_absent_gives_nan_means():
+    m = SegMetric(3, NAMES)
+    m.update(np.zeros((2, 2), np.uint8), np.full((2, 2), I, np.uint8))  # everything ignored
+    r = m.compute()
+    assert math.isnan(r["miou"]) and math.isnan(r["miou_lanes"]) and math.isnan(r["pixel_accuracy"])
+    assert r["absent_classes"] == NAMES
+
+
+def test_merge_equals_updating_with_both_batches():
+    rng = np.random.default_rng(0)
+    a = (rng.integers(0, 3, (2, 4, 4)), rng.integers(0, 3, (2, 4, 4)))
+    b = (rng.integers(0, 3, (4, 4)), np.where(rng.random((4, 4)) < 0.3, I, rng.integers(0, 3, (4, 4))))
+    both = SegMetric(3)
+    both.update(*a)
+    both.update(*b)
+    first, second = SegMetric(3), SegMetric(3)
+    first.update(*a)
+    second.update(*b)
+    first.merge(second.confusion)
+    np.testing.assert_array_equal(first.confusion, both.confusion)
+
+
+def test_negative_ignore_index_gives_the_same_confusion():
+    gt = np.where(GT == I, -1, GT).astype(np.int16)
+    m = SegMetric(3, ignore_index=-1)
+    m.update(PRED, gt)
+    np.testing.assert_array_equal(m.confusion, CONFUSION)
+
+
+@pytest.mark.parametrize("value", [3, 7, -1])
+def test_out_of_range_pred_raises_naming_the_value(value):
+    pred = PRED.astype(np.int64)
+    pred[0, 0] = value
+    with pytest.raises(ValueError, match=rf"pred holds value\(s\) \[{value}\]"):
+        SegMetric(3).update(pred, GT)
+
+
+def test_out_of_range_gt_raises_and_bad_input_is_refused():
+    gt = GT.copy()
+    gt[0, 0] = 9
+    with pytest.raises(ValueError, match=r"gt holds value\(s\) \[9\]"):
+        SegMetric(3).update(PRED, gt)
+    with pytest.raises(ValueError, match="shape"):
+        SegMetric(3).update(PRED, GT[:2])
+    with pytest.raises(TypeError, match="integer"):
+        SegMetric(3).update(PRED.astype(float), GT)
+    with pytest.raises(ValueError, match="shape"):
+        SegMetric(3).merge(np.zeros((2, 2), np.int64))
+
+
+def test_reset_and_lane_classes_option():
+    m = _metric(lane_classes=[1])
+    assert m.compute()["miou_lanes"] == pytest.approx(3 / 5)
+    m.reset()
+    assert m.confusion.sum() == 0
+
+
+def test_table_and_json_state_the_policy():
+    m = SegMetric(3, NAMES)
+    m.update(np.array([[0, 1]]), np.array([[0, 1]]))
+    text = m.table()
+    for needle in ("IoU", "GT pixels", "mIoU (3 classes): 1.0000", "mIoU (lanes 1-2): 1.0000",
+                   "absent classes: lane_b", "policy:", "n/a"):
+        assert needle in text
+    data = json.loads(json.dumps(metric_to_jsonable(m.compute()), allow_nan=False))
+    assert data["per_class"][2]["iou"] is None and data["miou"] == 1.0
