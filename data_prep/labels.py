@@ -122,7 +122,18 @@ class Scheme:
 
     def pred_lut(self) -> np.ndarray:
         """Predicted Apollo id -> train id: any id of a class's category counts for it."""
-        return self._base_lut()
+        lut = self._base_lut()
+        category = {lab.id: lab.category for lab in label_table()}
+        owners: dict[str, set[int]] = {}
+        for train_id, cls in enumerate(self.classes):
+            for i in cls.ids:
+                owners.setdefault(category[i], set()).add(train_id)
+        listed = self._listed_ids()
+        for lab in label_table():
+            # a category split over several classes has no single owner: only listed ids map
+            if lab.id not in listed and len(owners.get(lab.category, ())) == 1:
+                lut[lab.id] = next(iter(owners[lab.category]))
+        return lut
 
     def decode_lut(self) -> np.ndarray:
         """Train id -> Apollo id written in a submission (256 entries; unused = 0)."""

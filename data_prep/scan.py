@@ -89,10 +89,11 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> 
     for path in _walk(root):
         if test_dir is not None and Path(test_dir).resolve() in path.resolve().parents:
             continue
+        rel = path.relative_to(root)  # folder names above the data root say nothing about a file
         if _is_label(path):
             labels.setdefault(path.stem[: -len(LABEL_SUFFIX)], []).append(path)
-        elif path.suffix.lower() in IMAGE_EXTS and "label" not in str(path.parent).lower():
-            if _is_training_image(path):
+        elif path.suffix.lower() in IMAGE_EXTS and "label" not in str(rel.parent).lower():
+            if _is_training_image(rel):
                 if path.stem in images:
                     result.problems.append({"file": str(path), "reason": f"duplicate image key {path.stem} (kept {images[path.stem]})"})
                     continue
@@ -108,7 +109,7 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> 
     for key in sorted(images):
         img = images[key]
         cands = sorted(labels.pop(key, []), key=lambda p: (_label_rank(p), str(p)))
-        info = _parts_info(img)
+        info = _parts_info(img.relative_to(root))
         if not cands:
             result.problems.append({"file": str(img), "reason": "missing label (no *_bin.png with this key)"})
             continue
@@ -117,6 +118,7 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> 
     for key in sorted(labels):
         for lab in labels[key]:
             result.problems.append({"file": str(lab), "reason": "label without image"})
+    test_root = Path(test_dir).resolve() if test_dir is not None else root
     for img in sorted(tests):
-        result.test_images.append(Frame(key=img.stem, image=str(img), **_parts_info(img)))
+        result.test_images.append(Frame(key=img.stem, image=str(img), **_parts_info(img.relative_to(test_root))))
     return result

@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+import warnings
+
+# Paddle warns at import that ccache is missing; it only matters when compiling extensions.
+warnings.filterwarnings("ignore", message="No ccache found")
 
 from paddle_lane.config import ConfigError, load_config
 
@@ -48,11 +52,11 @@ def _launch_distributed(args, argv: list[str]) -> int:
 
 def cmd_train(args, argv: list[str]) -> int:
     import os
+    cfg = load_config(args.config, args.opts)  # fail on config errors before Paddle is imported
     multi = args.gpus is not None and "," in args.gpus or (args.nproc or 1) > 1 or args.ips
     if multi and not os.environ.get("PADDLE_LANE_LAUNCHED"):
         return _launch_distributed(args, argv)
     from paddle_lane.engine.trainer import Trainer, TrainingStopped
-    cfg = load_config(args.config, args.opts)
     try:
         results = Trainer(cfg, resume=args.resume, device=args.device).run()
     except TrainingStopped as exc:

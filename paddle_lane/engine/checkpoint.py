@@ -23,7 +23,7 @@ def save_checkpoint(folder: str | Path, model, optimizer=None, state: dict | Non
     try:
         paddle.save(model.state_dict(), str(tmp / MODEL_FILE))
         if optimizer is not None:
-            paddle.save(optimizer.state_dict(), str(tmp / OPTIM_FILE))
+            paddle.save(portable_optimizer_state(model, optimizer), str(tmp / OPTIM_FILE))
         (tmp / STATE_FILE).write_text(json.dumps(state or {}, indent=2))
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
@@ -36,6 +36,29 @@ def save_checkpoint(folder: str | Path, model, optimizer=None, state: dict | Non
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def _rename_keys(state: dict, mapping: dict[str, str]) -> dict:
+    """Rename accumulator keys '<param name>_moment1_0' by the longest matching param name."""
+    names = sorted(mapping, key=len, reverse=True)
+    out = {}
+    for key, value in state.items():
+        hit = next((n for n in names if key.startswith(n + "_")), None) if isinstance(key, str) else None
+        out[mapping[hit] + key[len(hit):] if hit else key] = value
+    return out
+
+
+def portable_optimizer_state(model, optimizer) -> dict:
+    """Optimizer state keyed by structured parameter names (Paddle keys it by global
+    counter names like conv2d_36.w_0, which differ between processes and model builds)."""
+    to_struct = {p.name: "@" + n for n, p in model.named_parameters()}
+    return _rename_keys(optimizer.state_dict(), to_struct)
+
+
+def load_optimizer_state(model, optimizer, path: str | Path) -> None:
+    """Load a portable optimizer state into this model's parameter names."""
+    from_struct = {"@" + n: p.name for n, p in model.named_parameters()}
+    optimizer.set_state_dict(_rename_keys(paddle.load(str(path)), from_struct))
 
 
 def read_state(folder: str | Path) -> dict:

@@ -20,12 +20,12 @@ from paddle_lane.config import Config, save_config
 from paddle_lane.data.dataset import EpochBatchSampler, LaneDataset, rare_class_weights, read_list
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.device import is_gpu, select_device
-from paddle_lane.engine.checkpoint import (list_checkpoints, load_weights, prune, read_state,
-                                           save_checkpoint)
+from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights, prune,
+                                           read_state, save_checkpoint)
 from paddle_lane.engine.monitor import Monitor
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.losses import build_loss
-from paddle_lane.metrics import SegMetric
+from paddle_lane.metrics import SegMetric, metric_to_jsonable
 from paddle_lane.models import build_model, set_backbone_trainable
 
 
@@ -85,6 +85,7 @@ class Trainer:
         self.amp = self._amp_level()
         paddle.seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
+        self.history: list[tuple[int, int, float]] = []  # (stage, iter, loss) of this process
         self.monitor = Monitor(self.out / "vdl", enabled=self.main, quiet=quiet or not self.main)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
@@ -179,7 +180,7 @@ class Trainer:
         it, epoch, batch_in_epoch = 0, 0, 0
         best, best_iter, bad_vals = -math.inf, -1, 0
         if resume_state is not None:
-            optimizer.set_state_dict(paddle.load(str(resume_dir / "optimizer.pdopt")))
+            load_optimizer_state(model, optimizer, resume_dir / "optimizer.pdopt")
             lr.set_state_dict({"last_epoch": resume_state["iter"], "last_lr": resume_state["lr"]})
             it, epoch, batch_in_epoch = resume_state["iter"], resume_state["epoch"], resume_state["batch_in_epoch"]
             best, best_iter, bad_vals = resume_state["best_miou"], resume_state["best_iter"], resume_state["bad_vals"]
@@ -230,6 +231,7 @@ class Trainer:
                 lr.step()
                 it += 1
                 batch_in_epoch += 1
+                self.history.append((stage_idx, it, loss_value))
                 t_compute = time.perf_counter() - t0
                 n_img = int(images.shape[0]) * self.world
                 self.monitor.train_step(stage_idx, it, loss_value, {k: float(v) for k, v in terms.items()}, cur_lr,
@@ -306,6 +308,10 @@ class Trainer:
         result = metric.compute()
         if self.main:
             self.monitor.validation(stage_idx, it, result, metric.table(), shown, self.cfg.data, self.scheme)
+            record = {"stage": stage_idx, "iter": it, "ranks": self.world, "frames": len(val_ds),
+                      **metric_to_jsonable({k: result[k] for k in ("miou", "miou_lanes", "pixel_accuracy", "per_class")})}
+            with open(self.out / "metrics.jsonl", "a") as fh:  # append-only log; one line per validation
+                fh.write(json.dumps(record) + "\n")
         miou = result["miou"]
         return float(miou) if miou is not None and math.isfinite(miou) else 0.0
 

@@ -1,0 +1,46 @@
+"""Shared fixtures: a small synthetic dataset prepared once per session."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+REAL_DATA = ROOT.parent / "shared" / "apollo_dev"
+
+os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def real_data_or_skip() -> Path:
+    """The 30 real competition frames beside the project, or skip the test."""
+    if not (REAL_DATA / "pairs.csv").exists():
+        pytest.skip(f"real data not found at {REAL_DATA}")
+    return REAL_DATA
+
+
+@pytest.fixture(scope="session")
+def prepared_synth(tmp_path_factory):
+    """Synthetic frames (384x192) prepared into lists; returns (raw_root, lists_dir)."""
+    from data_prep.prepare import prepare
+    from data_prep.synth import make_dataset
+    from paddle_lane.config import load_config
+
+    base = tmp_path_factory.mktemp("synth")
+    raw = base / "raw"
+    make_dataset(raw, roads=("Road02", "Road03"), records_per_road=3, frames_per_record=2,
+                 width=384, height=192, seed=3, test_frames=2)
+    lists = base / "prepare"
+    cfg = load_config(ROOT / "configs" / "demo_tiny.yml",
+                      [f"data.lists_dir={lists}", "data.crop_offset=76", "prepare.val_fraction=0.34"])
+    prepare(raw, lists, cfg, workers=1)
+    return raw, lists
+
+
+def tiny_train_opts(lists: Path, out: Path, iters: int = 40, val_interval: int = 20) -> list[str]:
+    """Overrides for a fast one-stage CPU run of the lite model."""
+    return [f"data.lists_dir={lists}", f"train.output_dir={out}", "data.crop_offset=76",
+            "data.num_workers=0", "data.use_cache=false",
+            f"stages=[{{width: 128, height: 48, batch_size: 4, iters: {iters}, lr: 0.01}}]",
+            f"train.val_interval={val_interval}", "train.log_interval=5", "train.vis_images=1",
+            "schedule.warmup_iters=5", "model.width=8"]
