@@ -84,6 +84,41 @@ def cmd_visualdl(args, argv) -> int:
                             "--host", args.host, "--port", str(args.port)])
 
 
+def cmd_demo(args, argv) -> int:
+    from paddle_lane.demo import DEMO_CONFIG, run_demo
+    return run_demo(args.out, args.config or DEMO_CONFIG, args.opts)
+
+
+def _tta_flip(args):
+    if args.tta is None:
+        return None
+    return "flip" in [t.strip() for t in args.tta.split(",")]
+
+
+def cmd_infer(args, argv) -> int:
+    from paddle_lane.infer.commands import run_infer
+    if not args.images and not args.list:
+        raise ValueError("infer needs --images DIR or --list CSV")
+    return run_infer(args.config, args.opts, checkpoints=args.checkpoint, weights=args.weights,
+                     images_dir=args.images, list_csv=args.list, out=args.out, tta_flip=_tta_flip(args),
+                     scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=args.device)
+
+
+def cmd_validate(args, argv) -> int:
+    from paddle_lane.infer.commands import run_validate
+    return run_validate(args.out, args.images or args.list, args.config, args.opts)
+
+
+def cmd_video(args, argv) -> int:
+    from paddle_lane.infer.commands import run_video
+    return run_video(args.config, args.opts, args.checkpoint, args.input, args.out, args.device)
+
+
+def cmd_evaluate(args, argv) -> int:
+    from paddle_lane.infer.commands import run_evaluate
+    return run_evaluate(args.pred, args.gt, args.scheme, args.workers, args.report)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddle-lane", description=__doc__, epilog=EPILOG)
     sub = parser.add_subparsers(dest="verb", required=True)
@@ -105,6 +140,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ips", help="comma-separated machine IPs for multi-machine training")
     p.add_argument("--device", choices=["cpu", "gpu"], help="force a device (default: GPU if available)")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("demo", help="synthetic data -> prepare -> train -> infer -> evaluate (CPU, minutes)")
+    p.add_argument("--out", default="demo_out", help="folder for everything the demo writes")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("infer", help="predict full-size submission PNGs (TTA, ensembles)")
+    _add_config_args(p, required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder(s) or .pdparams, comma-separated for an ensemble")
+    p.add_argument("--weights", help="ensemble weights, comma-separated (default: equal)")
+    p.add_argument("--images", help="folder of test images (searched recursively)")
+    p.add_argument("--list", help="a prepare list CSV (test.csv / val.csv) instead of --images")
+    p.add_argument("--out", required=True, help="submission folder, e.g. submissions/NAME")
+    p.add_argument("--tta", help="test-time augmentation: 'flip' (default: infer.flip of the config)")
+    p.add_argument("--scales", help="TTA scales, e.g. 0.75,1,1.25 (default: infer.scales)")
+    p.add_argument("--overlay", action="store_true", help="also write coloured overlays for inspection")
+    p.add_argument("--no-zip", action="store_true", help="do not write the zip")
+    p.add_argument("--device", choices=["cpu", "gpu"])
+    p.set_defaults(func=cmd_infer)
+
+    p = sub.add_parser("validate", help="check a submission folder (count, names, size, dtype, ids)")
+    p.add_argument("--out", required=True, help="submission folder")
+    p.add_argument("--images", help="folder of the test images the submission answers")
+    p.add_argument("--list", help="or a list CSV of them")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_validate)
+
+    p = sub.add_parser("video", help="overlay predictions on a road video, frame by frame")
+    _add_config_args(p, required=True)
+    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--input", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", choices=["cpu", "gpu"])
+    p.set_defaults(func=cmd_video)
+
+    p = sub.add_parser("evaluate", help="leaderboard scoring of a prediction folder against ground truth")
+    p.add_argument("--pred", required=True, help="folder of predicted id PNGs")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs, or a list CSV with a label column")
+    p.add_argument("--scheme", default="apollo8")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--report", help="folder for scores.csv / scores.json (default: the --pred folder)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("visualdl", help="serve the VisualDL UI for a run")
     p.add_argument("--logdir", default="runs", help="folder with VisualDL logs (a run's vdl/ or a parent)")

@@ -77,19 +77,13 @@ def resolve_weights(path: str | Path) -> Path:
 
 
 def load_weights(model, path: str | Path) -> None:
-    """Load weights, failing with the file and first mismatched key if they don't fit."""
+    """Load our own checkpoint strictly: every model tensor must come from the file."""
+    from paddle_lane.models.builder import load_weights as load_into
     path = resolve_weights(path)
-    state = paddle.load(str(path))
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    for k, v in own.items():
-        if k in state and list(state[k].shape) != list(v.shape):
-            raise ValueError(f"{path}: checkpoint does not match the model: {k} has shape "
-                             f"{list(state[k].shape)} in the file, {list(v.shape)} in the model")
-    if missing:
-        raise ValueError(f"{path}: checkpoint does not match the model: {len(missing)} parameter(s) "
-                         f"missing, e.g. {missing[0]}")
-    model.set_state_dict(state)
+    report = load_into(model, str(path))
+    if report.missing:
+        raise ValueError(f"{path}: checkpoint does not match the model: {len(report.missing)} parameter(s) "
+                         f"missing, e.g. {report.missing[0]}")
 
 
 def list_checkpoints(run_dir: str | Path) -> list[Path]:

@@ -1,0 +1,291 @@
+"""Predictor: one or more checkpoints, flip and multi-scale TTA, a weighted streaming
+ensemble of softmax probabilities (kept in memory, never written to disk), and the
+full-size post-processing shared with the alignment check.
+
+Inputs are prepared exactly as in training: crop the top `data.crop_offset` rows, resize
+with data_prep.resize (after the same reduced JPEG decode that data_prep.cache uses),
+normalize with data.mean/std.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator, Sequence
+
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+from tqdm import tqdm
+
+from data_prep.cache import best_reduce
+from data_prep.label_io import UnreadableFileError, image_size, read_image
+from data_prep.labels import Scheme, load_scheme
+from data_prep.resize import argmax_full_size, crop_top, resize_image
+from paddle_lane.data.transforms import normalize
+from paddle_lane.device import select_device
+from paddle_lane.engine.checkpoint import load_weights, read_state, resolve_weights
+from paddle_lane.models import build_model
+
+Size = tuple[int, int]  # (width, height)
+
+
+# ----------------------------------------------------------------------------- geometry
+def scaled_size(size: Size, scale: float) -> Size:
+    """The input size a TTA scale runs at: round(w*s) x round(h*s)."""
+    return max(1, int(round(size[0] * scale))), max(1, int(round(size[1] * scale)))
+
+
+def inputs_from_array(rgb_full: np.ndarray, sizes: Sequence[Size], offset: int) -> list[np.ndarray]:
+    """uint8 RGB crops at each size from a decoded full frame (load_resized with reduce 1)."""
+    _check_height(rgb_full.shape[0], offset, "<array>")
+    crop = crop_top(rgb_full, offset)
+    return [resize_image(crop, size) for size in sizes]
+
+
+def inputs_from_file(path: str, sizes: Sequence[Size], offset: int, full_size: Size) -> list[np.ndarray]:
+    """uint8 RGB crops at each size, decoded as data_prep.cache.load_resized does (same
+    reduced JPEG decode per size), but decoding once per distinct reduction."""
+    _check_height(full_size[1], offset, path)
+    crops: dict[int, np.ndarray] = {}
+    out = []
+    for size in sizes:
+        reduce = best_reduce(full_size, offset, size)
+        if reduce not in crops:
+            crops[reduce] = crop_top(read_image(path, reduce=reduce), offset // reduce)
+        out.append(resize_image(crops[reduce], size))
+    return out
+
+
+def _check_height(height: int, offset: int, source: str) -> None:
+    if height <= offset:
+        raise ValueError(f"{source}: image height {height} is not above data.crop_offset {offset}")
+
+
+def probs_to_train_ids(probs: np.ndarray, offset: int, full_size: Size) -> np.ndarray:
+    """CxHxW probabilities of the cropped area -> HxW train ids at full size (bilinear up, argmax)."""
+    return argmax_full_size(probs, offset, full_size)
+
+
+def probs_to_ids(probs: np.ndarray, offset: int, full_size: Size, scheme: Scheme) -> np.ndarray:
+    """CxHxW probabilities -> HxW uint8 Apollo ids at full size: what a submission holds."""
+    return scheme.decode(probs_to_train_ids(probs, offset, full_size))
+
+
+# ----------------------------------------------------------------------------- models
+@dataclass
+class Member:
+    """One ensemble member: a network in eval mode, its inference size and weight."""
+    model: paddle.nn.Layer
+    size: Size
+    weight: float
+    name: str
+
+
+def checkpoint_size(cfg, checkpoint: str | Path) -> Size:
+    """A checkpoint's inference size: state.json "size", else the size of stage infer.stage."""
+    path = Path(checkpoint)
+    state = read_state(path if path.is_dir() else path.parent)
+    if state.get("size"):
+        w, h = state["size"]
+        return int(w), int(h)
+    st = cfg.stages[cfg.infer.stage]
+    return st.width, st.height
+
+
+def load_checkpoint_model(cfg, checkpoint: str | Path, num_classes: int) -> paddle.nn.Layer:
+    """cfg.model's network with the checkpoint's weights (pretrained files are not fetched)."""
+    model_cfg = dataclasses.replace(cfg.model, pretrained=None, backbone_pretrained=None, sync_bn=False)
+    model = build_model(model_cfg, num_classes)
+    load_weights(model, resolve_weights(checkpoint))
+    model.eval()
+    return model
+
+
+def _in_eval_mode(model: paddle.nn.Layer) -> paddle.nn.Layer:
+    model.eval()
+    return model
+
+
+def normalize_weights(weights: Sequence[float] | None, n: int) -> list[float]:
+    """Ensemble weights scaled to sum 1 (equal when None)."""
+    if weights is None:
+        return [1.0 / n] * n
+    weights = [float(w) for w in weights]
+    if len(weights) != n:
+        raise ValueError(f"ensemble weights: {len(weights)} weight(s) for {n} model(s)")
+    if any(w < 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"ensemble weights must be >= 0 with a positive sum, got {weights}")
+    total = sum(weights)
+    return [w / total for w in weights]
+
+
+# ----------------------------------------------------------------------------- predictor
+class Predictor:
+    """Weighted ensemble of checkpoints with flip/multi-scale TTA; probabilities averaged in memory."""
+
+    def __init__(self, cfg, checkpoints: Sequence[str] = (), weights: Sequence[float] | None = None,
+                 flip: bool | None = None, scales: Sequence[float] | None = None, device: str | None = None,
+                 models: Sequence[tuple[paddle.nn.Layer, Size]] | None = None):
+        self.device = select_device(device)
+        self.cfg = cfg
+        self.scheme = load_scheme(cfg.data.scheme)
+        self.offset = cfg.data.crop_offset
+        self.mean, self.std = cfg.data.mean, cfg.data.std
+        self.flip = cfg.infer.flip if flip is None else bool(flip)
+        self.scales = [float(s) for s in (cfg.infer.scales if scales is None else scales)]
+        if not self.scales or any(s <= 0 for s in self.scales):
+            raise ValueError(f"TTA scales must be positive numbers, got {self.scales}")
+        self.members = self._members(checkpoints, models, weights)
+        self.base_size = self.members[0].size
+        self.input_sizes = sorted({scaled_size(m.size, s) for m in self.members for s in self.scales})
+        self.images_predicted = 0
+
+    def _members(self, checkpoints, models, weights) -> list[Member]:
+        pairs = [(load_checkpoint_model(self.cfg, c, self.scheme.num_classes), checkpoint_size(self.cfg, c), str(c))
+                 for c in checkpoints]
+        pairs += [(_in_eval_mode(m), (int(s[0]), int(s[1])), f"model{i}") for i, (m, s) in enumerate(models or [])]
+        if not pairs:
+            raise ValueError("no model to predict with: give at least one checkpoint")
+        ws = normalize_weights(weights, len(pairs))
+        return [Member(m, size, w, name) for (m, size, name), w in zip(pairs, ws)]
+
+    # ------------------------------------------------------------------ inputs
+    def prepare_array(self, rgb_full: np.ndarray) -> list[np.ndarray]:
+        """Normalized 3xHxW float32 inputs, one per entry of input_sizes."""
+        return [normalize(x, self.mean, self.std) for x in inputs_from_array(rgb_full, self.input_sizes, self.offset)]
+
+    def prepare_file(self, path: str, full_size: Size) -> list[np.ndarray]:
+        """As prepare_array, from an image file with training's reduced decode."""
+        crops = inputs_from_file(path, self.input_sizes, self.offset, full_size)
+        return [normalize(x, self.mean, self.std) for x in crops]
+
+    # ------------------------------------------------------------------ forward
+    @paddle.no_grad()
+    def predict_batch(self, inputs: Sequence) -> np.ndarray:
+        """N x C x h x w float32 probabilities at base_size from batched inputs (one per input size)."""
+        tensors = [x if isinstance(x, paddle.Tensor) else paddle.to_tensor(np.asarray(x)) for x in inputs]
+        acc = None
+        for m in self.members:
+            probs = self._member_probs(m, tensors) * m.weight
+            acc = probs if acc is None else acc + probs
+        self.images_predicted += int(tensors[0].shape[0])
+        return acc.numpy().astype(np.float32, copy=False)
+
+    def _member_probs(self, m: Member, tensors: list[paddle.Tensor]) -> paddle.Tensor:
+        """TTA average of one member, resized to base_size."""
+        acc = None
+        for s in self.scales:
+            x = tensors[self.input_sizes.index(scaled_size(m.size, s))]
+            probs = self._to_base(self._forward(m.model, x))
+            acc = probs if acc is None else acc + probs
+        return acc / len(self.scales)
+
+    def _forward(self, model: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
+        """Softmax of the model, averaged with its mirrored run when flip TTA is on."""
+        n = int(x.shape[0])
+        batch = paddle.concat([x, paddle.flip(x, axis=[3])], axis=0) if self.flip else x
+        probs = F.softmax(model(batch), axis=1)
+        if probs.shape[1] != self.scheme.num_classes:
+            raise ValueError(f"model returns {probs.shape[1]} channels but scheme {self.scheme.name!r} "
+                             f"has {self.scheme.num_classes} classes")
+        if self.flip:
+            probs = (probs[:n] + paddle.flip(probs[n:], axis=[3])) * 0.5
+        return probs
+
+    def _to_base(self, probs: paddle.Tensor) -> paddle.Tensor:
+        """Bilinear (align_corners=False) resize to base_size; identity when already there."""
+        w, h = self.base_size
+        if tuple(probs.shape[2:]) == (h, w):
+            return probs
+        return F.interpolate(probs, size=[h, w], mode="bilinear", align_corners=False)
+
+    # ------------------------------------------------------------------ single frames
+    def predict_probs(self, rgb_full: np.ndarray) -> np.ndarray:
+        """C x h x w float32 probabilities at base_size for one decoded RGB frame."""
+        return self.predict_batch([x[None] for x in self.prepare_array(rgb_full)])[0]
+
+    def predict_train_ids(self, rgb_full: np.ndarray) -> np.ndarray:
+        """HxW uint8 train ids at the frame's own size (for overlays)."""
+        return probs_to_train_ids(self.predict_probs(rgb_full), self.offset, (rgb_full.shape[1], rgb_full.shape[0]))
+
+    def predict_ids(self, rgb_full: np.ndarray) -> np.ndarray:
+        """HxW uint8 Apollo ids at the frame's own size: a submission image."""
+        return self.scheme.decode(self.predict_train_ids(rgb_full))
+
+    def to_train_ids(self, probs: np.ndarray, full_size: Size) -> np.ndarray:
+        return probs_to_train_ids(probs, self.offset, full_size)
+
+    # ------------------------------------------------------------------ files
+    def loader(self, paths: Sequence[str], batch_size: int | None = None,
+               num_workers: int | None = None) -> paddle.io.DataLoader:
+        """Batches of decoded, normalized inputs; decoding runs in DataLoader workers."""
+        workers = self.cfg.infer.num_workers if num_workers is None else num_workers
+        return paddle.io.DataLoader(ImageFiles(list(paths), self), batch_size=batch_size or self.cfg.infer.batch_size,
+                                    shuffle=False, drop_last=False, num_workers=workers,
+                                    use_shared_memory=workers > 0)
+
+    def predict_files(self, paths: Sequence[str], batch_size: int | None = None, num_workers: int | None = None,
+                      progress: bool = True) -> Iterator["FileResult"]:
+        """One FileResult per path, in order: probabilities, or the reason it could not be read."""
+        bar = tqdm(total=len(paths), desc="infer", unit="img", disable=not progress, dynamic_ncols=True)
+        with bar:
+            for batch in self.loader(paths, batch_size, num_workers):
+                yield from self._batch_results(batch, paths)
+                bar.update(len(batch["index"]))
+
+    def _batch_results(self, batch: dict, paths: Sequence[str]) -> Iterator["FileResult"]:
+        index = np.asarray(batch["index"]).ravel()
+        ok = np.asarray(batch["ok"]).ravel().astype(bool)
+        sizes = np.asarray(batch["full_size"]).reshape(-1, 2)
+        probs = self.predict_batch(_rows(batch["inputs"], ok)) if ok.any() else None
+        k = 0
+        for j, i in enumerate(index):
+            if ok[j]:
+                yield FileResult(int(i), paths[int(i)], probs[k], (int(sizes[j][0]), int(sizes[j][1])), None)
+                k += 1
+            else:
+                yield FileResult(int(i), paths[int(i)], None, None, batch["error"][j])
+
+
+def _rows(inputs: list, keep: np.ndarray) -> list:
+    """The batch rows of readable images (all of them, usually)."""
+    if keep.all():
+        return inputs
+    idx = paddle.to_tensor(np.flatnonzero(keep))
+    return [paddle.gather(x if isinstance(x, paddle.Tensor) else paddle.to_tensor(x), idx) for x in inputs]
+
+
+@dataclass
+class FileResult:
+    """Prediction of one image file (probs None and error set when it could not be read)."""
+    index: int
+    path: str
+    probs: np.ndarray | None
+    full_size: Size | None
+    error: str | None
+
+
+class ImageFiles(paddle.io.Dataset):
+    """Image files -> normalized inputs at the predictor's sizes; unreadable files are flagged, not fatal."""
+
+    def __init__(self, paths: list[str], predictor: Predictor):
+        super().__init__()
+        self.paths = paths
+        self.sizes, self.offset = predictor.input_sizes, predictor.offset
+        self.mean, self.std = predictor.mean, predictor.std
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, idx: int) -> dict:
+        path = self.paths[idx]
+        try:
+            full = image_size(path)
+            crops = inputs_from_file(path, self.sizes, self.offset, full)
+            inputs = [normalize(x, self.mean, self.std) for x in crops]
+            return {"index": idx, "ok": 1, "full_size": np.asarray(full, np.int64), "inputs": inputs, "error": ""}
+        except (UnreadableFileError, ValueError, OSError) as exc:
+            blank = [np.zeros((3, h, w), np.float32) for w, h in self.sizes]
+            return {"index": idx, "ok": 0, "full_size": np.zeros(2, np.int64), "inputs": blank,
+                    "error": str(exc) or f"{path}: cannot read image"}
