@@ -12,6 +12,7 @@ def split_by_group(frames: pd.DataFrame, class_columns: list[str], val_fraction:
 
     Rarest class first, a record holding it goes to validation unless it is the only
     record with that class; then random whole records fill validation to the target.
+    No record moves if that would leave one of its classes without training data.
     """
     warnings: list[str] = []
     if val_fraction <= 0 or frames.empty:
@@ -28,6 +29,12 @@ def split_by_group(frames: pd.DataFrame, class_columns: list[str], val_fraction:
 
     val: list[str] = []
     totals = has.sum()
+
+    def keeps_train(g: str) -> bool:
+        """Moving g to validation leaves every class it holds in some training record."""
+        rest = has.drop(index=val + [g])
+        return bool((rest.any() | ~has.loc[g]).all())
+
     for cls in totals[totals > 0].sort_values(kind="stable").index:
         if has.loc[val, cls].any() if val else False:
             continue
@@ -35,11 +42,13 @@ def split_by_group(frames: pd.DataFrame, class_columns: list[str], val_fraction:
         if len(cands) < 2:
             warnings.append(f"class {cls} occurs in a single record; kept it in training only")
             continue
-        val.append(min(cands, key=lambda g: sizes[g]))  # smallest record: least data moved
+        cands = [g for g in cands if keeps_train(g)]
+        if cands:
+            val.append(min(cands, key=lambda g: sizes[g]))  # smallest record: least data moved
     for g in order:
         if sizes[val].sum() >= target or len(val) >= len(groups) - 1:
             break
-        if g not in val:
+        if g not in val and keeps_train(g):
             val.append(g)
     missing = [c for c in class_columns if totals[c] > 0 and not has.loc[val, c].any()]
     if missing:

@@ -34,9 +34,8 @@ def dataset(tmp_path_factory):
     """2 roads x 3 records x 2 frames x 2 cameras = 24 pairs, under a root whose own
     name holds a space, 'label' and 'road' (only folders below the root may count)."""
     root = tmp_path_factory.mktemp("prep") / "road 9 labels"
-    info = synth.make_dataset(root, roads=("Road02", "Road03"), records_per_road=3, frames_per_record=2,
+    return synth.make_dataset(root, roads=("Road02", "Road03"), records_per_road=3, frames_per_record=2,
                               width=W, height=H, seed=0)
-    return info
 
 
 @pytest.fixture
@@ -121,12 +120,12 @@ def plant_problems(pairs) -> dict[str, str]:
     lab = Path(pairs[1]["label"])
     lab.write_bytes(lab.read_bytes()[: lab.stat().st_size // 2])
     write_gray(pairs[2]["label"], np.zeros((H, W - 4), np.uint8))
-    ids = read_label(pairs[3]["label"])
+    ids = read_label(pairs[3]["label"]).copy()
     ids[100:110, 10:20] = 123
     write_gray(pairs[3]["label"], ids)
     for k in ("label", "label_alt"):
         Path(pairs[4][k]).unlink()
-    return {pairs[0]["image"]: "cannot decode image", pairs[1]["label"]: "cannot decode label",
+    return {pairs[0]["image"]: "cannot read image header", pairs[1]["label"]: "cannot decode label",
             pairs[2]["label"]: f"size mismatch: image {W}x{H}, label {W - 4}x{H}",
             pairs[3]["label"]: "unknown label id(s) [123]", pairs[4]["image"]: "missing label"}
 
@@ -200,12 +199,23 @@ def test_every_class_in_two_or_more_records_reaches_val(dataset, tmp_path):
         assert not set(frames.loc[is_val, "group"]) & set(frames.loc[~is_val, "group"])
 
 
-def test_class_of_a_single_record_stays_in_training_with_a_warning():
+@pytest.mark.parametrize("seed", range(6))
+def test_class_of_a_single_record_stays_in_training_with_a_warning(seed):
     frames = pd.DataFrame({"group": ["a", "a", "b", "c", "d"], "px_x": [1, 1, 1, 1, 1],
                            "px_rare": [0, 5, 0, 0, 0]})
-    is_val, warnings = split_by_group(frames, ["px_x", "px_rare"], 0.4, 0)
-    assert not is_val[:2].any() and is_val.any()
+    is_val, warnings = split_by_group(frames, ["px_x", "px_rare"], 0.4, seed)
+    assert not is_val[:2].any() and is_val.sum() == 2
     assert any("px_rare" in w and "single record" in w for w in warnings)
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_split_never_takes_a_class_out_of_training(seed):
+    # each class lives in two of three records: any two records in val would empty one class
+    frames = pd.DataFrame({"group": ["g1", "g2", "g3"], "px_a": [1, 1, 0], "px_b": [0, 1, 1], "px_c": [1, 0, 1]})
+    is_val, warnings = split_by_group(frames, ["px_a", "px_b", "px_c"], 0.6, seed)
+    assert is_val.sum() == 1
+    assert (frames.loc[~is_val, ["px_a", "px_b", "px_c"]].sum() > 0).all()
+    assert any("absent from validation" in w for w in warnings)
 
 
 # ----------------------------------------------------------------------------- cleaning
