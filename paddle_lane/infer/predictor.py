@@ -24,7 +24,7 @@ from data_prep.labels import Scheme, load_scheme
 from data_prep.resize import argmax_full_size, crop_top, resize_image
 from paddle_lane.data.transforms import normalize
 from paddle_lane.device import select_device
-from paddle_lane.engine.checkpoint import load_weights, read_state, resolve_weights
+from paddle_lane.engine.checkpoint import load_weights, read_state
 from paddle_lane.models import build_model
 
 Size = tuple[int, int]  # (width, height)
@@ -97,7 +97,7 @@ def load_checkpoint_model(cfg, checkpoint: str | Path, num_classes: int) -> padd
     """cfg.model's network with the checkpoint's weights (pretrained files are not fetched)."""
     model_cfg = dataclasses.replace(cfg.model, pretrained=None, backbone_pretrained=None, sync_bn=False)
     model = build_model(model_cfg, num_classes)
-    load_weights(model, resolve_weights(checkpoint))
+    load_weights(model, checkpoint)
     model.eval()
     return model
 
@@ -214,6 +214,7 @@ class Predictor:
         return self.scheme.decode(self.predict_train_ids(rgb_full))
 
     def to_train_ids(self, probs: np.ndarray, full_size: Size) -> np.ndarray:
+        """Post-processing of predict_batch output: full-size train ids (decode gives Apollo ids)."""
         return probs_to_train_ids(probs, self.offset, full_size)
 
     # ------------------------------------------------------------------ files

@@ -1,0 +1,156 @@
+"""The infer / validate / video / evaluate verbs as plain functions: arguments in, exit code
+out, a short report printed. The CLI only parses arguments and calls these."""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from pathlib import Path
+from typing import Sequence
+
+from paddle_lane.config import load_config
+
+SUBMISSION_WORKERS = 2  # threads that up-sample, encode and write while the model runs
+
+
+# ----------------------------------------------------------------------------- argument helpers
+def split_list(text: str | None) -> list[str]:
+    """'a,b , c' -> ['a', 'b', 'c'] (None or '' -> [])."""
+    return [t.strip() for t in (text or "").split(",") if t.strip()]
+
+
+def parse_floats(text: str | None, what: str) -> list[float] | None:
+    """'0.75,1,1.25' -> [0.75, 1.0, 1.25]; None stays None; a bad number names the option."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        return [float(t) for t in split_list(str(text))]
+    except ValueError:
+        raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
+
+
+def images_from(images_dir: str | None, list_csv: str | None) -> list[tuple[str, str]]:
+    """(key, image path) from a folder (recursive *.jpg/*.png) or a prepare list CSV."""
+    from paddle_lane.data.dataset import read_list
+    from paddle_lane.infer.submission import list_images
+    if bool(images_dir) == bool(list_csv):
+        raise ValueError("give exactly one of an images folder or a list CSV")
+    if images_dir:
+        return list_images(images_dir)
+    df = read_list(list_csv, need_labels=False)
+    return list(zip(df["key"].astype(str), df["image"].astype(str)))
+
+
+def _dir_or_csv(path: str) -> tuple[str | None, str | None]:
+    """(folder, None) or (None, csv file) for a path that is one of the two."""
+    if not path:
+        raise ValueError("give a folder of images or a list CSV")
+    p = Path(path)
+    if p.is_dir():
+        return str(p), None
+    if p.is_file() and p.suffix.lower() == ".csv":
+        return None, str(p)
+    raise FileNotFoundError(f"not a folder or a list CSV: {path}")
+
+
+def _print_problems(problems: Sequence[str], what: str) -> None:
+    if not problems:
+        print(f"{what}: OK")
+        return
+    print(f"{what}: {len(problems)} problem(s)", file=sys.stderr)
+    for p in problems:
+        print(f"  {p}", file=sys.stderr)
+
+
+def describe(predictor) -> str:
+    """One line: members with size and weight, TTA, device."""
+    models = ", ".join(f"{m.name} ({m.size[0]}x{m.size[1]}, w={m.weight:.2f})" for m in predictor.members)
+    return (f"models: {models}; TTA: flip {'on' if predictor.flip else 'off'}, scales {predictor.scales}; "
+            f"device {predictor.device}")
+
+
+def _predictor(cfg, checkpoints: str, weights: str | None = None, flip: bool | None = None,
+               scales: str | None = None, device: str | None = None):
+    from paddle_lane.infer.predictor import Predictor
+    ckpts = split_list(checkpoints)
+    if not ckpts:
+        raise ValueError("no checkpoint given (comma-separated checkpoint folders or .pdparams files)")
+    return Predictor(cfg, ckpts, parse_floats(weights, "weights"), flip=flip,
+                     scales=parse_floats(scales, "scales"), device=device)
+
+
+# ----------------------------------------------------------------------------- verbs
+def run_infer(config: str | None, opts: list[str] | None, checkpoints: str, weights: str | None,
+              images_dir: str | None, list_csv: str | None, out: str, tta_flip: bool | None = None,
+              scales: str | None = None, overlay: bool = False, no_zip: bool = False,
+              device: str | None = None) -> int:
+    """Predict a folder or list into a submission, then validate it; 0 when complete and valid."""
+    from paddle_lane.infer.submission import format_summary, validate_submission, write_submission
+    cfg = load_config(config, opts)
+    images = images_from(images_dir, list_csv)
+    predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device)
+    print(describe(predictor))
+    summary = write_submission(predictor, images, out, cfg.infer.name_suffix, overlay=overlay,
+                               zip_output=not no_zip, workers=SUBMISSION_WORKERS)
+    print(format_summary(summary))
+    problems = validate_submission(out, [path for _, path in images], cfg.infer.name_suffix, cfg.data.scheme)
+    _print_problems(problems, "validation")
+    return 0 if not problems and not summary["failed"] else 1
+
+
+def run_validate(out: str, images: str, config: str | None = None, opts: list[str] | None = None) -> int:
+    """Check a submission folder against the test images (a folder or a list CSV); 0 when no problem."""
+    from paddle_lane.infer.submission import validate_submission
+    cfg = load_config(config, opts)
+    listed = images_from(*_dir_or_csv(images))
+    problems = validate_submission(out, [path for _, path in listed], cfg.infer.name_suffix, cfg.data.scheme)
+    _print_problems(problems, f"validation of {out} ({len(listed)} images expected)")
+    return 1 if problems else 0
+
+
+def run_video(config: str | None, opts: list[str] | None, checkpoints: str, input: str, out: str,
+              device: str | None = None, every: int = 1) -> int:
+    """Write an overlay video with the measured frames per second on each frame."""
+    from paddle_lane.infer.video import annotate_video
+    if not Path(input).is_file():
+        raise FileNotFoundError(f"video not found: {input}")
+    cfg = load_config(config, opts)
+    predictor = _predictor(cfg, checkpoints, device=device)
+    print(describe(predictor))
+    res = annotate_video(predictor, input, out, every=every)
+    print(f"video: {res['frames']} frames ({res['predicted']} predicted) -> {res['output']} "
+          f"at {res['fps']:.2f} frames/s")
+    return 0
+
+
+def _label_links(list_csv: str, folder: Path) -> None:
+    """Symlink every label of a list into folder under its own file name (names must be unique)."""
+    from paddle_lane.data.dataset import read_list
+    df = read_list(list_csv, need_labels=True)
+    seen: dict[str, str] = {}
+    for label in df["label"].astype(str):
+        name = Path(label).name
+        if name in seen:
+            raise ValueError(f"{list_csv}: two labels share the file name {name}: {seen[name]} and {label}")
+        if not Path(label).is_file():
+            raise FileNotFoundError(f"{list_csv}: label not found: {label}")
+        seen[name] = label
+        os.symlink(os.path.abspath(label), folder / name)
+
+
+def run_evaluate(pred_dir: str, gt: str, scheme: str = "apollo8", workers: int = 2, out: str | None = None) -> int:
+    """Score predictions against a label folder or the labels of a list CSV; print the table and
+    write scores.csv/json to `out` (default: the prediction folder)."""
+    from paddle_lane.scorer import score_folders
+    gt_dir, list_csv = _dir_or_csv(gt)
+    if list_csv:
+        with tempfile.TemporaryDirectory(prefix="paddle_lane_gt_") as tmp:
+            _label_links(list_csv, Path(tmp))
+            report = score_folders(pred_dir, tmp, scheme, workers=workers)
+        report.gt_dir = str(list_csv)
+    else:
+        report = score_folders(pred_dir, gt_dir, scheme, workers=workers)
+    print(report.table())
+    paths = report.write(out or pred_dir)
+    print(f"scores: {paths['csv']}, {paths['json']}")
+    return 0

@@ -1,0 +1,330 @@
+"""Inference: TTA and ensemble arithmetic on stand-in models, preprocessing identical to
+training, submission writing (names, size, ids, resume, zip, overlays, bad inputs), the
+validator catching each kind of bad submission, video annotation and the command functions."""
+from __future__ import annotations
+
+import shutil
+import zipfile
+from pathlib import Path
+
+import cv2
+import numpy as np
+import paddle
+import paddle.nn.functional as F
+import pandas as pd
+import pytest
+from PIL import Image
+
+from conftest import ROOT
+from data_prep.cache import load_resized
+from data_prep.label_io import image_size, read_image, read_label
+from data_prep.labels import load_scheme
+from data_prep.synth import make_dataset
+from paddle_lane.config import load_config
+from paddle_lane.data.dataset import LaneDataset
+from paddle_lane.data.transforms import FrameSource
+from paddle_lane.engine.checkpoint import save_checkpoint
+from paddle_lane.infer import commands
+from paddle_lane.infer.predictor import Predictor, inputs_from_file
+from paddle_lane.infer.submission import validate_submission, write_submission, zip_path_for
+from paddle_lane.infer.video import annotate_video, draw_fps
+from paddle_lane.models import build_model
+
+CONFIG = ROOT / "configs" / "demo_tiny.yml"
+W, H, OFFSET = 384, 192, 76
+SIZE = (128, 48)
+OPTS = [f"data.crop_offset={OFFSET}", "data.use_cache=false", "model.width=4", "infer.num_workers=0",
+        "infer.flip=false", "infer.scales=[1.0]", "infer.batch_size=2",
+        f"stages=[{{width: {SIZE[0]}, height: {SIZE[1]}, batch_size: 2, iters: 1, lr: 0.01}}]"]
+SUBMIT_IDS = {0, 204, 203, 217, 210, 214, 224, 227}
+
+
+@pytest.fixture(scope="module")
+def cfg():
+    return load_config(CONFIG, OPTS)
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    """Two labelled frames and three test images, 384x192."""
+    root = tmp_path_factory.mktemp("infer_synth")
+    return make_dataset(root, roads=("Road02",), records_per_road=1, frames_per_record=2, cameras=("Camera 5",),
+                        width=W, height=H, seed=5, test_frames=3)
+
+
+@pytest.fixture(scope="module")
+def ckpt(cfg, tmp_path_factory):
+    """A lite-model checkpoint whose state.json says it was trained at SIZE."""
+    paddle.seed(0)
+    model = build_model(cfg.model, 8)
+    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", model, state={"stage": 0, "size": list(SIZE)})
+
+
+@pytest.fixture(scope="module")
+def test_images(data):
+    return [(Path(p).stem, p) for p in data["test_images"]]
+
+
+def pixelwise(seed: int) -> paddle.nn.Layer:
+    """A flip-equivariant stand-in: each output pixel depends on that input pixel only."""
+    paddle.seed(seed)
+    conv = paddle.nn.Conv2D(3, 8, 1)
+    conv.weight.set_value(paddle.randn(conv.weight.shape) * 2)
+    return conv
+
+
+def noise_frame() -> np.ndarray:
+    return np.random.default_rng(3).integers(0, 256, (H, W, 3)).astype(np.uint8)
+
+
+def smooth_frame(seed: int = 0) -> np.ndarray:
+    """A 384x192 RGB frame without fine detail, so rescaling barely changes it."""
+    small = np.random.default_rng(seed).integers(0, 256, (4, 8, 3)).astype(np.uint8)
+    return cv2.resize(small, (W, H), interpolation=cv2.INTER_CUBIC)
+
+
+# ----------------------------------------------------------------------------- TTA / ensemble
+def test_flip_tta_equals_plain_for_flip_equivariant_model(cfg):
+    rgb = noise_frame()
+    plain = Predictor(cfg, models=[(pixelwise(1), SIZE)], flip=False).predict_probs(rgb)
+    flipped = Predictor(cfg, models=[(pixelwise(1), SIZE)], flip=True).predict_probs(rgb)
+    assert plain.shape == (8, SIZE[1], SIZE[0]) and plain.dtype == np.float32
+    np.testing.assert_allclose(flipped, plain, atol=1e-6)
+    np.testing.assert_allclose(plain.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_multiscale_close_to_plain(cfg):
+    rgb = smooth_frame()
+    model = pixelwise(2)
+    plain = Predictor(cfg, models=[(model, SIZE)], scales=[1.0]).predict_probs(rgb)
+    multi = Predictor(cfg, models=[(model, SIZE)], scales=[0.75, 1.0, 1.5], flip=True).predict_probs(rgb)
+    assert multi.shape == plain.shape
+    assert np.abs(multi - plain).mean() < 0.01
+    assert (multi.argmax(0) == plain.argmax(0)).mean() > 0.98
+
+
+def test_ensemble_with_itself_equals_the_model(cfg):
+    rgb = noise_frame()
+    model = pixelwise(3)
+    one = Predictor(cfg, models=[(model, SIZE)]).predict_probs(rgb)
+    two = Predictor(cfg, models=[(model, SIZE), (model, SIZE)], weights=[0.3, 2.0]).predict_probs(rgb)
+    np.testing.assert_allclose(two, one, atol=1e-6)
+
+
+def test_weights_are_honoured_and_sizes_resized_to_the_first(cfg):
+    rgb = smooth_frame(1)
+    a, b = pixelwise(4), pixelwise(5)
+    small = (96, 36)
+    pa = Predictor(cfg, models=[(a, SIZE)]).predict_probs(rgb)
+    pb = Predictor(cfg, models=[(b, small)]).predict_probs(rgb)
+    pb_up = F.interpolate(paddle.to_tensor(pb[None]), size=[SIZE[1], SIZE[0]], mode="bilinear",
+                          align_corners=False).numpy()[0]
+    mix = Predictor(cfg, models=[(a, SIZE), (b, small)], weights=[3, 1])
+    assert mix.base_size == SIZE and mix.input_sizes == sorted([SIZE, small])
+    np.testing.assert_allclose(mix.predict_probs(rgb), 0.75 * pa + 0.25 * pb_up, atol=1e-5)
+    only_a = Predictor(cfg, models=[(a, SIZE), (b, small)], weights=[1, 0]).predict_probs(rgb)
+    np.testing.assert_allclose(only_a, pa, atol=1e-6)
+
+
+def test_bad_weights_are_one_line_errors(cfg):
+    with pytest.raises(ValueError, match="2 weight"):
+        Predictor(cfg, models=[(pixelwise(1), SIZE)], weights=[1, 2])
+    with pytest.raises(ValueError, match="positive sum"):
+        Predictor(cfg, models=[(pixelwise(1), SIZE)], weights=[0])
+
+
+# ----------------------------------------------------------------------------- preprocessing
+def test_preprocessing_is_the_training_one(cfg, data, ckpt):
+    pred = Predictor(cfg, [str(ckpt)], scales=[0.75, 1.0, 1.5])
+    assert pred.base_size == SIZE
+    pair = data["pairs"][0]
+    full = image_size(pair["image"])
+    scheme = load_scheme(cfg.data.scheme)
+    crops = inputs_from_file(pair["image"], pred.input_sizes, OFFSET, full)
+    for size, crop in zip(pred.input_sizes, crops):
+        ref, _ = load_resized(pair["image"], None, scheme, scheme.train_lut(), OFFSET, size, "nearest", full)
+        np.testing.assert_array_equal(crop, ref)
+    row = {**pair, "width": full[0], "height": full[1]}  # as prepare's lists hold them
+    ds = LaneDataset(pd.DataFrame([row]), FrameSource.from_config(cfg, SIZE), cfg.data.mean, cfg.data.std,
+                     with_labels=False)
+    base = pred.prepare_file(pair["image"], full)[pred.input_sizes.index(SIZE)]
+    np.testing.assert_array_equal(base, ds[0][0])
+
+
+def test_checkpoint_size_from_state_or_stage(cfg, ckpt, tmp_path):
+    paddle.seed(1)
+    bare = save_checkpoint(tmp_path / "bare", build_model(cfg.model, 8), state={"stage": 0})
+    other = load_config(CONFIG, OPTS + ["stages=[{width: 64, height: 32}, {width: 160, height: 64}]"])
+    assert Predictor(other, [str(bare)]).base_size == (160, 64)        # infer.stage = -1: last stage
+    assert Predictor(other, [str(ckpt)]).base_size == SIZE             # state.json wins
+    assert Predictor(other, [str(bare / "model.pdparams")]).base_size == (160, 64)
+
+
+def test_predict_ids_full_size_submit_ids(cfg, data, ckpt):
+    rgb = read_image(data["test_images"][0])
+    ids = Predictor(cfg, [str(ckpt)], flip=True).predict_ids(rgb)
+    assert ids.shape == (H, W) and ids.dtype == np.uint8
+    assert not ids[:OFFSET].any()
+    assert set(np.unique(ids).tolist()) <= SUBMIT_IDS
+
+
+# ----------------------------------------------------------------------------- submission
+def test_write_submission_names_sizes_ids_zip(cfg, ckpt, test_images, tmp_path):
+    out = tmp_path / "sub"
+    pred = Predictor(cfg, [str(ckpt)], flip=True)
+    summary = write_submission(pred, test_images, out, progress=False, num_workers=1)
+    names = sorted(Path(p).stem + "_bin.png" for _, p in test_images)
+    assert sorted(p.name for p in out.glob("*.png")) == names
+    assert summary["written"] == 3 and summary["skipped"] == 0 and not summary["failed"]
+    for name in names:
+        with Image.open(out / name) as im:
+            assert im.mode == "L" and im.size == (W, H)
+        assert set(np.unique(read_label(out / name)).tolist()) <= SUBMIT_IDS
+    with zipfile.ZipFile(zip_path_for(out)) as zf:
+        assert sorted(zf.namelist()) == names
+    assert summary["zip"] == str(zip_path_for(out))
+    assert validate_submission(out, [p for _, p in test_images]) == []
+
+
+def test_resume_skips_finished_images(cfg, ckpt, test_images, tmp_path):
+    out = tmp_path / "sub"
+    write_submission(Predictor(cfg, [str(ckpt)]), test_images, out, zip_output=False, progress=False)
+    files = sorted(out.glob("*.png"))
+    files[0].unlink()                                            # never written
+    Image.new("L", (10, 10)).save(files[1])                      # wrong size: redone
+    mtime = files[2].stat().st_mtime_ns
+    again = Predictor(cfg, [str(ckpt)])
+    summary = write_submission(again, test_images, out, zip_output=False, progress=False)
+    assert again.images_predicted == 2
+    assert summary["skipped"] == 1 and summary["written"] == 2
+    assert files[2].stat().st_mtime_ns == mtime
+    assert validate_submission(out, [p for _, p in test_images]) == []
+    third = Predictor(cfg, [str(ckpt)])
+    assert write_submission(third, test_images, out, zip_output=False, progress=False)["skipped"] == 3
+    assert third.images_predicted == 0
+
+
+def test_unreadable_image_is_reported_not_fatal(cfg, ckpt, test_images, tmp_path):
+    bad = tmp_path / "broken_Camera_5.jpg"
+    bad.write_bytes(b"\xff\xd8 not really a jpeg")
+    images = test_images[:2] + [("broken", str(bad))]
+    summary = write_submission(Predictor(cfg, [str(ckpt)]), images, tmp_path / "sub", progress=False)
+    assert summary["written"] == 2
+    assert [f["key"] for f in summary["failed"]] == ["broken"] and "broken_Camera_5.jpg" in summary["failed"][0]["error"]
+    with zipfile.ZipFile(zip_path_for(tmp_path / "sub")) as zf:
+        assert len(zf.namelist()) == 2
+    problems = validate_submission(tmp_path / "sub", [p for _, p in images])
+    assert any(p.startswith("missing: 1") and "broken_Camera_5_bin.png" in p for p in problems)
+
+
+def test_overlays_written(cfg, ckpt, test_images, tmp_path):
+    out = tmp_path / "sub"
+    write_submission(Predictor(cfg, [str(ckpt)]), test_images, out, overlay=True, zip_output=False, progress=False)
+    overlays = sorted((out / "overlay").glob("*.jpg"))
+    assert len(overlays) == 3 and read_image(overlays[0]).shape == (H, W, 3)
+    assert validate_submission(out, [p for _, p in test_images]) == []
+
+
+# ----------------------------------------------------------------------------- validator
+@pytest.fixture(scope="module")
+def good_submission(cfg, ckpt, test_images, tmp_path_factory):
+    out = tmp_path_factory.mktemp("good") / "sub"
+    write_submission(Predictor(cfg, [str(ckpt)]), test_images, out, zip_output=False, progress=False)
+    return out
+
+
+def _gray(path, array):
+    cv2.imwrite(str(path), array)
+
+
+BREAKAGES = {
+    "missing": (lambda f, d: f.unlink(), "missing: 1"),
+    "wrong size": (lambda f, d: _gray(f, np.zeros((H // 2, W), np.uint8)), f"size {W}x{H // 2}, expected {W}x{H}"),
+    "rgb mode": (lambda f, d: Image.new("RGB", (W, H)).save(f), "image mode RGB"),
+    "16-bit": (lambda f, d: _gray(f, np.zeros((H, W), np.uint16)), "image mode I;16"),
+    "unknown id": (lambda f, d: _gray(f, np.full((H, W), 100, np.uint8)), "id(s) [100] not in the Apollo label table"),
+    "extra": (lambda f, d: shutil.copy(f, d / "170101_000000000_Camera_5_bin.png"), "extra: 1"),
+}
+
+
+@pytest.mark.parametrize("kind", sorted(BREAKAGES))
+def test_validator_rejects_each_bad_submission(good_submission, test_images, tmp_path, kind):
+    out = tmp_path / "sub"
+    shutil.copytree(good_submission, out)
+    expected = [p for _, p in test_images]
+    assert validate_submission(out, expected) == []
+    breaker, message = BREAKAGES[kind]
+    breaker(sorted(out.glob("*.png"))[0], out)
+    problems = validate_submission(out, expected)
+    assert any(message in p for p in problems), problems
+
+
+def test_validator_keys_expect_the_competition_size(good_submission, test_images):
+    keys = [k for k, _ in test_images]
+    problems = validate_submission(good_submission, keys)
+    assert len(problems) == 3 and all("expected 3384x1710" in p for p in problems)
+
+
+# ----------------------------------------------------------------------------- video
+def test_annotate_video(cfg, ckpt, data, tmp_path):
+    src = tmp_path / "in.mp4"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (W, H))
+    for p in data["test_images"]:
+        writer.write(cv2.cvtColor(read_image(p), cv2.COLOR_RGB2BGR))
+    writer.release()
+    dst = tmp_path / "out.mp4"
+    res = annotate_video(Predictor(cfg, [str(ckpt)]), src, dst, every=2, progress=False)
+    assert res["frames"] == 3 and res["predicted"] == 2 and res["fps"] > 0
+    cap = cv2.VideoCapture(str(dst))
+    frames = []
+    while True:
+        ok, frame = cap.read()
+        if not ok:
+            break
+        frames.append(frame)
+    cap.release()
+    assert len(frames) == 3 and frames[0].shape == (H, W, 3)
+    with pytest.raises(ValueError, match="cannot open video"):
+        annotate_video(Predictor(cfg, [str(ckpt)]), tmp_path / "none.mp4", tmp_path / "x.mp4", progress=False)
+
+
+def test_draw_fps_marks_the_corner():
+    img = draw_fps(np.zeros((H, W, 3), np.uint8), 12.3)
+    assert img[:40, :120].any() and not img[H // 2:].any()
+
+
+# ----------------------------------------------------------------------------- commands
+def test_commands_infer_validate_evaluate(ckpt, data, tmp_path, capsys):
+    test_dir = Path(data["test_images"][0]).parent
+    out = tmp_path / "sub"
+    assert commands.run_infer(str(CONFIG), OPTS, str(ckpt), None, str(test_dir), None, str(out),
+                              tta_flip=True, scales="1.0", overlay=False, no_zip=False, device="cpu") == 0
+    assert "validation: OK" in capsys.readouterr().out
+    assert commands.run_validate(str(out), str(test_dir), str(CONFIG), OPTS) == 0
+    next(out.glob("*.png")).unlink()
+    assert commands.run_validate(str(out), str(test_dir), str(CONFIG), OPTS) == 1
+
+    lst = tmp_path / "val.csv"
+    pd.DataFrame(data["pairs"])[["image", "label", "key"]].to_csv(lst, index=False)
+    pred_dir = tmp_path / "val_pred"
+    assert commands.run_infer(str(CONFIG), OPTS, str(ckpt), None, None, str(lst), str(pred_dir),
+                              None, None, False, True, "cpu") == 0
+    assert not zip_path_for(pred_dir).exists()
+    assert commands.run_validate(str(pred_dir), str(lst), str(CONFIG), OPTS) == 0
+    assert commands.run_evaluate(str(pred_dir), str(lst), "apollo8", 1, str(tmp_path / "scores")) == 0
+    assert "mIoU (8 classes)" in capsys.readouterr().out
+    assert (tmp_path / "scores" / "scores.json").exists()
+    gt_dir = Path(data["pairs"][0]["label"]).parent
+    assert commands.run_evaluate(str(pred_dir), str(gt_dir), "apollo8", 1) == 0
+    assert (pred_dir / "scores.json").exists()
+
+
+def test_commands_reject_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match="exactly one"):
+        commands.images_from(None, None)
+    with pytest.raises(ValueError, match="scales"):
+        commands.parse_floats("1,x", "scales")
+    with pytest.raises(FileNotFoundError, match="image folder not found"):
+        commands.images_from(str(tmp_path / "nope"), None)
+    with pytest.raises(FileNotFoundError, match="not a folder or a list CSV"):
+        commands.run_validate(str(tmp_path), str(tmp_path / "nope.csv"))
