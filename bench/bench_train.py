@@ -15,15 +15,17 @@ measured against its baseline in the same run:
 from __future__ import annotations
 
 import os
+import warnings
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")  # must be set before paddle is imported
+warnings.filterwarnings("ignore", message="No ccache found")  # printed by paddle on import
+warnings.filterwarnings("ignore", message="When training, we now always track")
 
 import argparse
 import statistics
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,7 +40,7 @@ from data_prep.cache import best_reduce
 from data_prep.labels import known_ids, load_scheme
 from data_prep.prepare import prepare
 from paddle_lane.config import Config, load_config
-from paddle_lane.data.dataset import EpochBatchSampler, LaneDataset, read_list
+from paddle_lane.data.dataset import LaneDataset, StageBatchSampler, read_list
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.engine.trainer import Trainer, load_stats
@@ -48,8 +50,6 @@ from paddle_lane.models import build_model
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 REAL_DATA = ROOT.parent / "shared" / "apollo_dev"
 CROP_OFFSET = 690
-
-warnings.filterwarnings("ignore", message="When training, we now always track")
 
 
 # ----------------------------------------------------------------------------- options
@@ -68,9 +68,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--width", type=int, default=16, help="base channels of the lite model")
     p.add_argument("--size", type=parse_size, default=(256, 96), help="training size WxH of parts 1 and 3")
     p.add_argument("--batch", type=int, default=4, help="training batch of part 1")
-    p.add_argument("--iters", type=int, default=14, help="steps per timed run in part 1")
+    p.add_argument("--iters", type=int, default=12, help="steps per timed run in part 1")
     p.add_argument("--warmup", type=int, default=3, help="first steps of each run left out of the medians")
-    p.add_argument("--rounds", type=int, default=4, help="interleaved (trainer, bare loop) rounds in part 1")
+    p.add_argument("--rounds", type=int, default=6, help="interleaved (trainer, bare loop) rounds in part 1")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers in parts 1 and 3")
     p.add_argument("--load-size", type=parse_size, default=(1536, 512), help="output size WxH of part 2")
     p.add_argument("--load-batch", type=int, default=2, help="DataLoader batch of part 2")
@@ -164,24 +164,18 @@ def run_bare_loop(cfg: Config) -> dict:
     df = read_list(Path(cfg.data.lists_dir) / "train.csv")
     ds = LaneDataset(df, FrameSource.from_config(cfg, (st.width, st.height)), cfg.data.mean, cfg.data.std,
                      cfg.augment, seed=cfg.train.seed)
-    sampler = EpochBatchSampler(len(ds), st.batch_size, seed=cfg.train.seed)
+    sampler = StageBatchSampler(len(ds), st.batch_size, st.iters, seed=cfg.train.seed)
     loader = paddle.io.DataLoader(ds, batch_sampler=sampler, num_workers=cfg.data.num_workers,
                                   use_shared_memory=cfg.data.num_workers > 0)
     model.train()
-    stamps, epoch = [], 0
-    while len(stamps) < st.iters:
-        for images, labels in loader:
-            loss, _ = loss_fn(model(images), labels)
-            loss.backward()
-            optimizer.step()
-            optimizer.clear_grad()
-            lr.step()
-            stamps.append(time.perf_counter())
-            if len(stamps) >= st.iters:
-                break
-        epoch += 1
-        sampler.set_epoch(epoch)
-        ds.set_epoch(epoch)
+    stamps = []
+    for images, labels in loader:
+        loss, _ = loss_fn(model(images), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.clear_grad()
+        lr.step()
+        stamps.append(time.perf_counter())
     return {"stamps": stamps}
 
 
@@ -221,8 +215,7 @@ def bench_deeplab_wait(lists: Path, tmp: Path, args) -> dict:
     warm = 2
     cfg = train_config(lists, tmp / "run_deeplab", args, "deeplabv3p", args.deeplab_batch, args.deeplab_iters)
     run = run_trainer(cfg)
-    return {"shares": wait_shares(run, warm), "steps": step_times(run["stamps"], warm),
-            "compute": run["compute"][warm:]}
+    return {"shares": wait_shares(run, warm), "steps": step_times(run["stamps"], warm)}
 
 
 # ----------------------------------------------------------------------------- part 2: loading
@@ -326,7 +319,9 @@ def row(name: str, value: str, note: str = "") -> str:
 def report(args, train: dict, load: dict, deeplab: dict | None) -> str:
     """The table and the RESULT line."""
     med_ours, med_bare = statistics.median(train["ours"]), statistics.median(train["bare"])
-    overhead = (med_ours / med_bare - 1.0) * 100.0
+    pooled = (med_ours / med_bare - 1.0) * 100.0
+    # paired by round: a load spike from other jobs during one run moves one ratio, not the result
+    overhead = (statistics.median(train["ratios"]) - 1.0) * 100.0
     rates = load["rates"]
     w = f"ours_w{args.load_workers}"
     speedup = rates[w] / rates["winner"]
@@ -339,8 +334,9 @@ def report(args, train: dict, load: dict, deeplab: dict | None) -> str:
             f"({len(train['ours'])} / {len(train['bare'])} steps after warm-up, {args.rounds} interleaved rounds)",
         row("bare loop (median)", f"{med_bare * 1e3:.1f} ms"),
         row("Trainer.run (median)", f"{med_ours * 1e3:.1f} ms"),
-        row("trainer overhead", f"{overhead:+.1f} %", "target <= 5 %"),
-        row("per-round ratios trainer / bare", " ".join(f"{x:.2f}" for x in train["ratios"])),
+        row("trainer overhead (ratio of pooled medians)", f"{pooled:+.1f} %"),
+        row("trainer overhead (median per-round ratio)", f"{overhead:+.1f} %", "target <= 5 %"),
+        row("per-round ratios trainer / bare", "", " ".join(f"{x:.2f}" for x in train["ratios"])),
         row("trainer p90 / bare p90", f"{np.percentile(train['ours'], 90) / np.percentile(train['bare'], 90):.2f}"),
         "", f"2. loading {lsize} from full-size real frames ({load['frames']} frames x {args.passes} passes "
             f"= {load['samples']} samples each, JPEG reduce {load['reduce']})",

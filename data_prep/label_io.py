@@ -45,9 +45,26 @@ def rgb_to_ids(rgb: np.ndarray, source: str = "<array>") -> np.ndarray:
     return ids[pos][inverse].reshape(rgb.shape[:2])
 
 
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"
+
+
+def _gray8_png(data: np.ndarray) -> bool:
+    """True for a complete 8-bit grayscale PNG (IHDR bit depth 8, colour type 0)."""
+    head = data[:26].tobytes()
+    return (len(head) == 26 and head[:8] == PNG_SIGNATURE and head[24] == 8 and head[25] == 0
+            and PNG_END in data[-16:].tobytes())
+
+
 def read_label(path: str | Path) -> np.ndarray:
     """Apollo ids (uint8 HxW) from a gray, palette or RGB colour label PNG."""
     path = str(path)
+    data = np.fromfile(path, dtype=np.uint8) if Path(path).is_file() else np.zeros(0, np.uint8)
+    if _gray8_png(data):
+        # gray PNGs hold ids directly; cv2 decodes them faster than PIL (palette ones never come here)
+        ids = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+        if ids is not None and ids.ndim == 2 and ids.dtype == np.uint8:
+            return ids
     try:
         with Image.open(path) as im:
             im.load()

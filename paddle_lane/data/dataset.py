@@ -29,7 +29,8 @@ def read_list(path: str | Path, need_labels: bool = True) -> pd.DataFrame:
 class LaneDataset(paddle.io.Dataset):
     """Frames of a list at one stage size; `train=True` applies the augmentations.
 
-    Augmentation randomness comes from (seed, epoch, index) alone, so a resumed run and a
+    Items are addressed by global sample id `epoch * len + index` (see StageBatchSampler);
+    augmentation randomness comes from (seed, epoch, index) alone, so a resumed run and a
     run with a different number of loader workers draw identical samples.
     """
 
@@ -38,22 +39,20 @@ class LaneDataset(paddle.io.Dataset):
         super().__init__()
         self.rows = df[[c for c in ("key", "image", "label", "width", "height") if c in df.columns]].to_dict("records")
         self.source, self.mean, self.std = source, mean, std
-        self.augment_cfg, self.seed, self.epoch = augment_cfg, seed, 0
+        self.augment_cfg, self.seed = augment_cfg, seed
         self.with_labels = with_labels
 
     def __len__(self) -> int:
         return len(self.rows)
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def load(self, idx: int):
+    def load(self, gid: int):
         """uint8 image and label at the stage size, augmented when training."""
+        epoch, idx = divmod(int(gid), len(self.rows))
         row = self.rows[idx]
         full = (int(row.get("width") or FULL_SIZE[0]), int(row.get("height") or FULL_SIZE[1]))
         rgb, lab = self.source.load(row["key"], row["image"], row.get("label") if self.with_labels else None, full)
         if self.augment_cfg is not None and lab is not None:
-            rng = np.random.default_rng([self.seed, self.epoch, idx])
+            rng = np.random.default_rng([self.seed, epoch, idx])
             rgb, lab = augment(rgb, lab, self.augment_cfg, rng)
         return rgb, lab
 
@@ -65,25 +64,27 @@ class LaneDataset(paddle.io.Dataset):
         return image, lab.astype(np.int64)
 
 
-class EpochBatchSampler(paddle.io.BatchSampler):
-    """Batches for one rank: a seeded per-epoch permutation (or weighted draw for
-    oversampling), split across ranks like DistributedBatchSampler, resumable mid-epoch."""
+class StageBatchSampler(paddle.io.BatchSampler):
+    """Exactly `total_batches` batches for one rank over as many epochs as needed.
 
-    def __init__(self, num_samples: int, batch_size: int, rank: int = 0, world_size: int = 1,
-                 seed: int = 0, shuffle: bool = True, weights: np.ndarray | None = None,
-                 drop_last: bool = True):
-        self.n, self.batch_size, self.rank, self.world = num_samples, batch_size, rank, world_size
-        self.seed, self.shuffle, self.drop_last = seed, shuffle, drop_last
-        self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
-        self.epoch, self.start_batch = 0, 0
+    Each epoch is a seeded permutation (or a weighted draw, for oversampling) split across
+    ranks like DistributedBatchSampler. Items are global sample ids `epoch * n + index`,
+    so the dataset knows the epoch without being told (workers stay persistent), and a
+    resumed run starts at `start_batch` with exactly the batches the full run would draw.
+    """
+
+    def __init__(self, num_samples: int, batch_size: int, total_batches: int, rank: int = 0,
+                 world_size: int = 1, seed: int = 0, shuffle: bool = True,
+                 weights: np.ndarray | None = None, start_batch: int = 0):
         if num_samples <= 0:
             raise ValueError("cannot sample from an empty dataset")
+        self.n, self.batch_size, self.total, self.start = num_samples, batch_size, total_batches, start_batch
+        self.rank, self.world, self.seed, self.shuffle = rank, world_size, seed, shuffle
+        self.weights = None if weights is None else np.asarray(weights, np.float64) / np.sum(weights)
 
-    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
-        self.epoch, self.start_batch = epoch, start_batch
-
-    def _epoch_indices(self) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, self.epoch])
+    def epoch_batches(self, epoch: int) -> list[list[int]]:
+        """This rank's batches of one epoch, as global sample ids."""
+        rng = np.random.default_rng([self.seed, epoch])
         if not self.shuffle:
             order = np.arange(self.n)
         elif self.weights is not None:
@@ -91,22 +92,26 @@ class EpochBatchSampler(paddle.io.BatchSampler):
         else:
             order = rng.permutation(self.n)
         per_rank = math.ceil(len(order) / self.world)
-        total = per_rank * self.world
-        if total > len(order):  # pad by wrapping so every rank gets the same count
-            order = np.concatenate([order, order[: total - len(order)]])
-        return order[self.rank:total:self.world]
-
-    def batches(self) -> list[list[int]]:
-        idx = self._epoch_indices().tolist()
-        if self.drop_last and len(idx) >= self.batch_size:
-            idx = idx[: len(idx) // self.batch_size * self.batch_size]
-        return [idx[i:i + self.batch_size] for i in range(0, len(idx), self.batch_size)]
+        if per_rank * self.world > len(order):  # pad by wrapping so every rank gets the same count
+            order = np.resize(order, per_rank * self.world)
+        mine = (order[self.rank::self.world] + epoch * self.n).tolist()
+        if len(mine) >= self.batch_size:  # drop the ragged tail: every step sees a full batch
+            mine = mine[: len(mine) // self.batch_size * self.batch_size]
+        return [mine[i:i + self.batch_size] for i in range(0, len(mine), self.batch_size)]
 
     def __iter__(self):
-        yield from self.batches()[self.start_batch:]
+        produced, epoch = 0, 0
+        while produced < self.total:
+            for batch in self.epoch_batches(epoch):
+                if produced >= self.start:
+                    yield batch
+                produced += 1
+                if produced >= self.total:
+                    return
+            epoch += 1
 
     def __len__(self) -> int:
-        return max(0, len(self.batches()) - self.start_batch)
+        return max(0, self.total - self.start)
 
 
 def rare_class_weights(df: pd.DataFrame, class_names: list[str], boost: float) -> np.ndarray | None:

@@ -50,10 +50,13 @@ class FrameSource:
 
 def normalize(rgb: np.ndarray, mean, std) -> np.ndarray:
     """uint8 HxWx3 -> float32 3xHxW, (x/255 - mean) / std."""
-    x = rgb.astype(np.float32) * (1.0 / 255.0)
-    x -= np.asarray(mean, np.float32)
-    x /= np.asarray(std, np.float32)
-    return np.ascontiguousarray(x.transpose(2, 0, 1))
+    # transpose the uint8 first (4x less memory traffic), then one fused scale and shift
+    x = np.ascontiguousarray(rgb.transpose(2, 0, 1)).astype(np.float32)
+    scale = (1.0 / (255.0 * np.asarray(std, np.float32))).reshape(3, 1, 1)
+    shift = (np.asarray(mean, np.float32) / np.asarray(std, np.float32)).reshape(3, 1, 1)
+    x *= scale
+    x -= shift
+    return x
 
 
 def denormalize(chw: np.ndarray, mean, std) -> np.ndarray:

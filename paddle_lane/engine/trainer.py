@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from data_prep.labels import load_scheme
 from paddle_lane.config import Config, save_config
-from paddle_lane.data.dataset import EpochBatchSampler, LaneDataset, rare_class_weights, read_list
+from paddle_lane.data.dataset import LaneDataset, StageBatchSampler, rare_class_weights, read_list
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.device import is_gpu, select_device
 from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights, prune,
@@ -105,23 +105,19 @@ class Trainer:
         model = build_model(self.cfg.model, self.scheme.num_classes)
         return model
 
-    def _loaders(self, stage_idx: int, epoch: int, start_batch: int):
-        st = self.cfg.stages[stage_idx]
-        size = (st.width, st.height)
-        source = FrameSource.from_config(self.cfg, size)
-        d = self.cfg.data
+    def _train_loader(self, stage_idx: int, start_iter: int):
+        """One DataLoader for the whole stage: its sampler yields exactly the remaining
+        batches, so workers start once and the loop ends on its own (no stray workers)."""
+        st, d = self.cfg.stages[stage_idx], self.cfg.data
+        source = FrameSource.from_config(self.cfg, (st.width, st.height))
         train_ds = LaneDataset(self.train_df, source, d.mean, d.std, self.cfg.augment, seed=self.cfg.train.seed)
         weights = rare_class_weights(self.train_df, self.scheme.class_names, d.oversample_rare)
-        sampler = EpochBatchSampler(len(train_ds), st.batch_size, self.rank, self.world,
+        sampler = StageBatchSampler(len(train_ds), st.batch_size, st.iters, self.rank, self.world,
                                     seed=self.cfg.train.seed + 1000 * stage_idx, weights=weights,
-                                    drop_last=len(train_ds) // self.world >= st.batch_size)
-        sampler.set_epoch(epoch, start_batch)
-        train_ds.set_epoch(epoch)
-        return train_ds, sampler, source
-
-    def _loader(self, ds, sampler):
-        return paddle.io.DataLoader(ds, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                                    use_shared_memory=self.cfg.data.num_workers > 0)
+                                    start_batch=start_iter)
+        loader = paddle.io.DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers,
+                                      use_shared_memory=d.num_workers > 0)
+        return loader, len(train_ds), source
 
     def _class_weights(self):
         return self.stats.get("class_weights")
@@ -177,23 +173,22 @@ class Trainer:
         optimizer = build_optimizer(model.parameters(), cfg.optimizer, lr)
         scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if self.amp == "float16" else None
 
-        it, epoch, batch_in_epoch = 0, 0, 0
-        best, best_iter, bad_vals = -math.inf, -1, 0
+        it, best, best_iter, bad_vals = 0, -math.inf, -1, 0
         if resume_state is not None:
             load_optimizer_state(model, optimizer, resume_dir / "optimizer.pdopt")
             lr.set_state_dict({"last_epoch": resume_state["iter"], "last_lr": resume_state["lr"]})
-            it, epoch, batch_in_epoch = resume_state["iter"], resume_state["epoch"], resume_state["batch_in_epoch"]
-            best, best_iter, bad_vals = resume_state["best_miou"], resume_state["best_iter"], resume_state["bad_vals"]
+            it, best_iter, bad_vals = resume_state["iter"], resume_state["best_iter"], resume_state["bad_vals"]
+            best = resume_state["best_miou"]
             reseed(cfg.train.seed, stage_idx, it, self.rank)
 
-        train_ds, sampler, source = self._loaders(stage_idx, epoch, batch_in_epoch)
+        loader, n_train, source = self._train_loader(stage_idx, it)
         val_ds = None
         if self.val_df is not None:
             val_ds = LaneDataset(self.val_df, FrameSource.from_config(cfg, (st.width, st.height)),
                                  cfg.data.mean, cfg.data.std, None)
         if self.main and not self.quiet:
             print(f"stage {stage_idx}: {st.width}x{st.height}, batch {st.batch_size} x {self.world} rank(s), "
-                  f"{st.iters} iters, lr {st.lr}, {len(train_ds)} train / {len(val_ds) if val_ds else 0} val frames, "
+                  f"{st.iters} iters, lr {st.lr}, {n_train} train / {len(val_ds) if val_ds else 0} val frames, "
                   f"cache {'on' if source.cache_folder else 'off'}")
         frozen = cfg.model.freeze_backbone_iters > it
         set_backbone_trainable(model, not frozen)
@@ -201,77 +196,46 @@ class Trainer:
                    dynamic_ncols=True)
         stopped_early = False
         net.train()
-        while it < st.iters and not stopped_early:
-            loader = self._loader(train_ds, sampler)
+        batches = iter(loader)
+        try:
             t_fetch = time.perf_counter()
-            for images, labels in loader:
+            for images, labels in batches:
                 t_data = time.perf_counter() - t_fetch
                 if frozen and it >= cfg.model.freeze_backbone_iters:
                     set_backbone_trainable(model, True)
                     frozen = False
                 t0 = time.perf_counter()
-                with paddle.amp.auto_cast(enable=self.amp is not None, level="O1", dtype=self.amp or "float16"):
-                    logits = net(images)
-                    total, terms = loss_fn(logits, labels)
-                loss_value = float(total)
-                if not math.isfinite(loss_value) or loss_value > cfg.train.max_loss:
-                    bar.close()
-                    raise TrainingStopped(
-                        f"stage {stage_idx} iter {it}: loss is {loss_value} (limit train.max_loss={cfg.train.max_loss}); "
-                        f"stopped. Last good checkpoint kept in {stage_dir}. Lower the LR or enable optimizer.grad_clip.")
-                if scaler is not None:
-                    scaler.scale(total).backward()
-                    scaler.step(optimizer)
-                    scaler.update()
-                else:
-                    total.backward()
-                    optimizer.step()
-                optimizer.clear_grad()
-                cur_lr = optimizer.get_lr()
-                lr.step()
+                loss_value, terms, cur_lr = self._step(net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx, it)
                 it += 1
-                batch_in_epoch += 1
                 self.history.append((stage_idx, it, loss_value))
                 t_compute = time.perf_counter() - t0
-                n_img = int(images.shape[0]) * self.world
-                self.monitor.train_step(stage_idx, it, loss_value, {k: float(v) for k, v in terms.items()}, cur_lr,
-                                        n_img / max(t_data + t_compute, 1e-9), t_data, t_compute)
+                ips = int(images.shape[0]) * self.world / max(t_data + t_compute, 1e-9)
+                self.monitor.train_step(stage_idx, it, loss_value, terms, cur_lr, ips, t_data, t_compute)
                 if it % cfg.train.log_interval == 0 or it == st.iters:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}",
-                                    ips=f"{n_img / max(t_data + t_compute, 1e-9):.1f}")
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", ips=f"{ips:.1f}")
                 bar.update(1)
                 if it % cfg.train.val_interval == 0 or it == st.iters:
                     miou = self.validate(net, val_ds, stage_idx, it)
                     improved = miou > best if val_ds is not None else True
-                    if improved:
-                        best, best_iter, bad_vals = miou, it, 0
-                    else:
-                        bad_vals += 1
-                    state = {"stage": stage_idx, "iter": it, "epoch": epoch, "batch_in_epoch": batch_in_epoch,
-                             "lr": lr.last_lr, "best_miou": best if math.isfinite(best) else -1.0,
-                             "best_iter": best_iter, "bad_vals": bad_vals, "val_miou": miou,
-                             "stage_done": it >= st.iters, "size": [st.width, st.height], "loss": loss_value}
-                    if self.main:
-                        save_checkpoint(stage_dir / f"iter_{it:07d}", model, optimizer, state)
-                        if improved:
-                            save_checkpoint(stage_dir / "best", model, None, state)
-                        prune(self.out, stage_idx, cfg.train.keep_last)
+                    best, best_iter, bad_vals = (miou, it, 0) if improved else (best, best_iter, bad_vals + 1)
+                    state = {"stage": stage_idx, "iter": it, "lr": lr.last_lr,
+                             "best_miou": best if math.isfinite(best) else -1.0, "best_iter": best_iter,
+                             "bad_vals": bad_vals, "val_miou": miou, "stage_done": it >= st.iters,
+                             "size": [st.width, st.height], "loss": loss_value}
+                    self._save(stage_dir, model, optimizer, state, improved)
                     reseed(cfg.train.seed, stage_idx, it, self.rank)
                     net.train()
-                    if cfg.train.patience and bad_vals >= cfg.train.patience:
+                    if cfg.train.patience and bad_vals >= cfg.train.patience and it < st.iters:
                         stopped_early = True
                         if self.main and not self.quiet:
                             print(f"\nearly stop: no improvement in {bad_vals} validations (best {best:.4f} at {best_iter})")
                         break
-                if it >= st.iters:
-                    break
                 t_fetch = time.perf_counter()
-            else:
-                epoch += 1
-                batch_in_epoch = 0
-                sampler.set_epoch(epoch, 0)
-                train_ds.set_epoch(epoch)
-        bar.close()
+        finally:
+            bar.close()
+            shutdown = getattr(batches, "_try_shutdown_all", None)
+            if shutdown is not None:  # early stop or error: release the loader's worker processes
+                shutdown()
         if self.main and stopped_early:
             # mark the stage finished so --resume moves on to the next stage
             last = list_checkpoints(self.out)[-1]
@@ -279,6 +243,38 @@ class Trainer:
         if self.world > 1:
             dist.barrier()
         return StageResult(stage_idx, best, best_iter, it, stopped_early, str(stage_dir / "best"))
+
+    def _step(self, net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx: int, it: int):
+        """Forward, loss, backward, optimiser and LR step; stops the run on a NaN or exploding loss."""
+        with paddle.amp.auto_cast(enable=self.amp is not None, level="O1", dtype=self.amp or "float16"):
+            logits = net(images)
+            total, terms = loss_fn(logits, labels)
+        loss_value = float(total)
+        if not math.isfinite(loss_value) or loss_value > self.cfg.train.max_loss:
+            raise TrainingStopped(
+                f"stage {stage_idx} iter {it}: loss is {loss_value} (limit train.max_loss={self.cfg.train.max_loss}); "
+                f"stopped. Last good checkpoint kept in {self.out / f'stage{stage_idx}'}. "
+                f"Lower the LR or enable optimizer.grad_clip.")
+        if scaler is not None:
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            total.backward()
+            optimizer.step()
+        optimizer.clear_grad()
+        cur_lr = optimizer.get_lr()
+        lr.step()
+        return loss_value, {k: float(v) for k, v in terms.items()}, cur_lr
+
+    def _save(self, stage_dir: Path, model, optimizer, state: dict, improved: bool) -> None:
+        """Rank 0 writes the periodic checkpoint, the best one, and prunes old ones."""
+        if not self.main:
+            return
+        save_checkpoint(stage_dir / f"iter_{state['iter']:07d}", model, optimizer, state)
+        if improved:
+            save_checkpoint(stage_dir / "best", model, None, state)
+        prune(self.out, state["stage"], self.cfg.train.keep_last)
 
     # ------------------------------------------------------------------ validation
     @paddle.no_grad()
