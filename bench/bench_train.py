@@ -40,7 +40,7 @@ from data_prep.cache import best_reduce
 from data_prep.labels import known_ids, load_scheme
 from data_prep.prepare import prepare
 from paddle_lane.config import Config, load_config
-from paddle_lane.data.dataset import LaneDataset, StageBatchSampler, read_list
+from paddle_lane.data.dataset import LaneDataset, StageBatchSampler, loader_worker_init, read_list
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.engine.trainer import Trainer, load_stats
@@ -75,7 +75,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load-size", type=parse_size, default=(1536, 512), help="output size WxH of part 2")
     p.add_argument("--load-batch", type=int, default=2, help="DataLoader batch of part 2")
     p.add_argument("--load-workers", type=int, default=2, help="DataLoader workers of part 2")
-    p.add_argument("--passes", type=int, default=2, help="passes over all frames per loader in part 2")
+    p.add_argument("--passes", type=int, default=2, help="interleaved passes of the loaders in part 2")
+    p.add_argument("--load-rounds", type=int, default=6, help="rounds over all frames within one loader (part 2)")
     p.add_argument("--deeplab-iters", type=int, default=6, help="DeepLabV3P-R18 steps in part 3 (0 = skip, else >= 5)")
     p.add_argument("--deeplab-batch", type=int, default=2, help="DeepLabV3P-R18 batch in part 3")
     p.add_argument("--quick", action="store_true", help="fewer steps and passes, no DeepLabV3P (< 2 min)")
@@ -170,7 +171,7 @@ def run_bare_loop(cfg: Config) -> dict:
     model.train()
     stamps = []
     for images, labels in loader:
-        loss, _ = loss_fn(model(images), labels)
+        loss, _ = loss_fn(model(images), labels.astype("int64"))
         loss.backward()
         optimizer.step()
         optimizer.clear_grad()
@@ -261,20 +262,24 @@ def loading_dataset(lists: Path, size, cache: bool = False) -> tuple[LaneDataset
     return LaneDataset(all_frames(lists), source, cfg.data.mean, cfg.data.std, None), cfg
 
 
-def time_ours(ds: LaneDataset, batch: int, workers: int) -> tuple[int, float]:
-    """(images, seconds) for one pass of a fresh DataLoader, worker start-up included."""
+def time_ours(ds: LaneDataset, batch: int, workers: int, repeat: int = 1) -> tuple[int, float]:
+    """(images, seconds) for `repeat` rounds over the frames through one DataLoader, worker
+    start-up included (training keeps one loader for a whole stage, so it is paid once)."""
     t0 = time.perf_counter()
-    loader = paddle.io.DataLoader(ds, batch_sampler=_InOrder(len(ds), batch), num_workers=workers,
-                                  use_shared_memory=workers > 0)
-    n = sum(int(images.shape[0]) for images, _ in loader)
+    loader = paddle.io.DataLoader(ds, batch_sampler=_InOrder(len(ds) * repeat, batch), num_workers=workers,
+                                  use_shared_memory=workers > 0, worker_init_fn=loader_worker_init)
+    n = 0
+    for images, labels in loader:  # finish as the trainer does: cast labels in the main process
+        labels.astype("int64")
+        n += int(images.shape[0])
     return n, time.perf_counter() - t0
 
 
-def time_winner(ds: LaneDataset, cfg: Config, size) -> tuple[int, float]:
-    """(images, seconds) for one pass of the baseline generator over the same frames."""
+def time_winner(ds: LaneDataset, cfg: Config, size, repeat: int = 1) -> tuple[int, float]:
+    """(images, seconds) for `repeat` rounds of the baseline generator over the same frames."""
     lut = ds.source.train_lut
     t0 = time.perf_counter()
-    n = sum(1 for _ in winner_generator(ds.rows, size, cfg.data.crop_offset, lut, cfg.data.mean, cfg.data.std))
+    n = sum(1 for _ in winner_generator(ds.rows * repeat, size, cfg.data.crop_offset, lut, cfg.data.mean, cfg.data.std))
     return n, time.perf_counter() - t0
 
 
@@ -290,10 +295,11 @@ def bench_loading(lists: Path, args) -> dict:
     """Part 2: interleaved passes of the baseline generator and our loader (N and 0 workers)."""
     ds, cfg = loading_dataset(lists, args.load_size)
     cached, _ = loading_dataset(lists, args.load_size, cache=True)
-    kinds = {"winner": lambda: time_winner(ds, cfg, args.load_size),
-             f"ours_w{args.load_workers}": lambda: time_ours(ds, args.load_batch, args.load_workers),
-             "ours_w0": lambda: time_ours(ds, args.load_batch, 0),
-             "cache_w0": lambda: time_ours(cached, args.load_batch, 0)}
+    r = args.load_rounds
+    kinds = {"winner": lambda: time_winner(ds, cfg, args.load_size, r),
+             f"ours_w{args.load_workers}": lambda: time_ours(ds, args.load_batch, args.load_workers, r),
+             "ours_w0": lambda: time_ours(ds, args.load_batch, 0, r),
+             "cache_w0": lambda: time_ours(cached, args.load_batch, 0, r)}
     totals = {k: [0, 0.0] for k in kinds}
     names = list(kinds)
     for p in range(args.passes):
@@ -338,7 +344,7 @@ def report(args, train: dict, load: dict, deeplab: dict | None) -> str:
         row("trainer overhead (median per-round ratio)", f"{overhead:+.1f} %", "target <= 5 %"),
         row("per-round ratios trainer / bare", "", " ".join(f"{x:.2f}" for x in train["ratios"])),
         row("trainer p90 / bare p90", f"{np.percentile(train['ours'], 90) / np.percentile(train['bare'], 90):.2f}"),
-        "", f"2. loading {lsize} from full-size real frames ({load['frames']} frames x {args.passes} passes "
+        "", f"2. loading {lsize} from full-size real frames ({load['frames']} frames x {args.load_rounds} rounds x {args.passes} passes "
             f"= {load['samples']} samples each, JPEG reduce {load['reduce']})",
         row("winner generator, 1 thread", f"{rates['winner']:.2f} img/s"),
         row("ours DataLoader, 0 workers", f"{rates['ours_w0']:.2f} img/s",

@@ -7,6 +7,7 @@ RGB colour labels are mapped back to ids through the label table's colours.
 """
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import cv2
@@ -89,12 +90,27 @@ def read_image(path: str | Path, reduce: int = 1) -> np.ndarray:
     flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
              4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
     data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode: paths with spaces/unicode are fine
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-64:].tobytes():
-        raise UnreadableFileError(f"{path}: truncated JPEG (no end-of-image marker)")
+    if data[:2].tobytes() == b"\xff\xd8":
+        if b"\xff\xd9" not in data[-64:].tobytes():
+            raise UnreadableFileError(f"{path}: truncated JPEG (no end-of-image marker)")
+        return _decode_jpeg(data, reduce, path)
     img = cv2.imdecode(data, flags) if data.size else None
     if img is None:
         raise UnreadableFileError(f"{path}: cannot decode image")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def _decode_jpeg(data: np.ndarray, reduce: int, path) -> np.ndarray:
+    """PIL's draft mode: DCT-domain scaling straight to RGB, ~2x faster than cv2's reduced
+    decode plus the BGR->RGB conversion (both libjpeg-turbo)."""
+    try:
+        with Image.open(io.BytesIO(data.tobytes())) as im:
+            if reduce > 1:
+                im.draft("RGB", (im.width // reduce, im.height // reduce))  # PIL picks the scale by floor division
+            rgb = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
+    except (OSError, SyntaxError) as exc:
+        raise UnreadableFileError(f"{path}: cannot decode image ({exc})") from exc
+    return rgb
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

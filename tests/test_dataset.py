@@ -79,4 +79,5 @@ def test_dataset_epochs_draw_different_augmentations(prepared_synth):
     same = [np.array_equal(ds[0][0], ds[0][0]), np.array_equal(ds[0][0], ds[n][0])]
     assert same == [True, False]  # same id -> same sample; next epoch -> new draw
     image, label = ds[1]
-    assert image.shape == (3, 32, 96) and label.shape == (32, 96) and label.dtype == np.int64
+    assert image.shape == (3, 32, 96) and image.dtype == np.float32
+    assert label.shape == (32, 96) and label.dtype == np.uint8

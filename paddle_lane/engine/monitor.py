@@ -5,9 +5,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 
-from paddle_lane.data.transforms import denormalize
 from paddle_lane.visual import comparison_strip
 
 
@@ -54,8 +52,7 @@ class Monitor:
             if row["iou"] is not None and math.isfinite(row["iou"]):
                 w.add_scalar(f"val_iou/{row['name']}", row["iou"], step)
         palette = scheme.palette()
-        for k, (chw, gt, pred) in enumerate(shown):
-            rgb = denormalize(chw, data_cfg.mean, data_cfg.std)
+        for k, (rgb, gt, pred) in enumerate(shown):
             w.add_image(f"val_images/{k}", comparison_strip(rgb, gt, pred, palette), step)
 
     def close(self) -> None:

@@ -17,8 +17,9 @@ from tqdm import tqdm
 
 from data_prep.labels import load_scheme
 from paddle_lane.config import Config, save_config
-from paddle_lane.data.dataset import LaneDataset, StageBatchSampler, rare_class_weights, read_list
-from paddle_lane.data.transforms import FrameSource
+from paddle_lane.data.dataset import (LaneDataset, StageBatchSampler, loader_worker_init, rare_class_weights,
+                                      read_list)
+from paddle_lane.data.transforms import FrameSource, denormalize
 from paddle_lane.device import is_gpu, select_device
 from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights, prune,
                                            read_state, save_checkpoint)
@@ -116,7 +117,7 @@ class Trainer:
                                     seed=self.cfg.train.seed + 1000 * stage_idx, weights=weights,
                                     start_batch=start_iter)
         loader = paddle.io.DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers,
-                                      use_shared_memory=d.num_workers > 0)
+                                      use_shared_memory=d.num_workers > 0, worker_init_fn=loader_worker_init)
         return loader, len(train_ds), source
 
     def _class_weights(self):
@@ -205,6 +206,7 @@ class Trainer:
                     set_backbone_trainable(model, True)
                     frozen = False
                 t0 = time.perf_counter()
+                labels = labels.astype("int64")
                 loss_value, terms, cur_lr = self._step(net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx, it)
                 it += 1
                 self.history.append((stage_idx, it, loss_value))
@@ -295,7 +297,8 @@ class Trainer:
             gt = labels.numpy()
             metric.update(pred, gt)
             if self.main and len(shown) < self.cfg.train.vis_images:
-                shown.append((images.numpy()[0], gt[0].astype(np.uint8), pred[0]))
+                rgb = denormalize(images.numpy()[0], self.cfg.data.mean, self.cfg.data.std)
+                shown.append((rgb, gt[0].astype(np.uint8), pred[0]))
         conf = paddle.to_tensor(metric.confusion.astype(np.int64))
         if self.world > 1:
             dist.all_reduce(conf)
