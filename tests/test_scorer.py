@@ -197,3 +197,18 @@ def test_real_palette_labels_against_gray_labels_score_one(tmp_path):
     assert report.counts["scored"] == len(pairs) and report.problems == []
     assert report.miou == 1.0 and report.miou_lanes == 1.0
     assert not math.isnan(report.results["pixel_accuracy"])
+
+
+@pytest.mark.parametrize("n", [3, 8, 16])
+def test_packed_histogram_confusion_equals_bincount(n):
+    """The one-byte packed histogram path agrees with a plain bincount, ignore included."""
+    from paddle_lane.scorer import frame_confusion
+    rng = np.random.default_rng(n)
+    gt_lut = rng.integers(0, n, 256).astype(np.uint8)
+    gt_lut[rng.choice(256, 40, replace=False)] = 255
+    gt_ids = rng.integers(0, 256, (97, 131)).astype(np.uint8)
+    pred = rng.integers(0, n, (97, 131)).astype(np.uint8)
+    gt = gt_lut[gt_ids]
+    keep = gt != 255
+    ref = np.bincount(gt[keep].astype(np.int64) * n + pred[keep], minlength=n * n).reshape(n, n)
+    np.testing.assert_array_equal(frame_confusion(pred, gt_ids, gt_lut, n), ref)
