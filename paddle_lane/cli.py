@@ -80,8 +80,15 @@ def cmd_train(args, argv: list[str]) -> int:
 
 def cmd_visualdl(args, argv) -> int:
     import subprocess
-    return subprocess.call([sys.executable, "-m", "visualdl", "--logdir", args.logdir,
-                            "--host", args.host, "--port", str(args.port)])
+    from pathlib import Path
+    exe = Path(sys.executable).with_name("visualdl")  # the console script installed beside this Python
+    if not exe.exists():
+        raise FileNotFoundError(f"visualdl not found beside {sys.executable}; run ./run.sh setup")
+    print(f"VisualDL on http://{args.host}:{args.port} (logs: {args.logdir})", flush=True)
+    # --language: VisualDL 2.5.3 fails (500) on clients that send no Accept-Language unless set;
+    # --disable-telemetry: nothing leaves this machine
+    return subprocess.call([str(exe), "--logdir", args.logdir, "--host", args.host, "--port", str(args.port),
+                            "--language", args.language, "--disable-telemetry"])
 
 
 def cmd_demo(args, argv) -> int:
@@ -187,6 +194,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--logdir", default="runs", help="folder with VisualDL logs (a run's vdl/ or a parent)")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8040)
+    p.add_argument("--language", default="en", choices=["en", "zh"])
     p.set_defaults(func=cmd_visualdl)
     return parser
 
