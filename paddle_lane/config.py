@@ -134,6 +134,8 @@ class InferConfig:
     batch_size: int = 1
     num_workers: int = 2
     stage: int = -1                     # which stage's size is the inference size
+    window: list = field(default_factory=list)         # [w, h]: sliding-window inference; [] = whole image
+    window_stride: list = field(default_factory=list)  # [sx, sy]; [] = half the window
     name_suffix: str = "_bin.png"       # output name = image stem + this
 
 
@@ -348,6 +350,11 @@ def validate(cfg: Config) -> None:
         ("infer.scales", len(cfg.infer.scales) > 0 and all(s > 0 for s in cfg.infer.scales), "must be positive numbers"),
         ("infer.stage", -len(cfg.stages) <= cfg.infer.stage < len(cfg.stages), f"must index one of {len(cfg.stages)} stages"),
         ("schedule.warmup_iters", cfg.schedule.warmup_iters >= 0, "must be >= 0"),
+        ("infer.window", len(cfg.infer.window) in (0, 2) and all(isinstance(v, int) and v > 0 for v in cfg.infer.window),
+         "must be [] or [w, h] with positive integers"),
+        ("infer.window_stride", len(cfg.infer.window_stride) in (0, 2) and all(isinstance(v, int) and v > 0
+                                                                           for v in cfg.infer.window_stride),
+         "must be [] or [sx, sy] with positive integers"),
     ]
     for key, ok, msg in checks:
         if not ok:

@@ -25,7 +25,7 @@ from paddle_lane.data.dataset import LaneDataset
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.engine.checkpoint import save_checkpoint
 from paddle_lane.infer import commands
-from paddle_lane.infer.predictor import Predictor, inputs_from_file
+from paddle_lane.infer.predictor import Predictor, inputs_from_file, window_starts
 from paddle_lane.infer.submission import validate_submission, write_submission, zip_path_for
 from paddle_lane.infer.video import annotate_video, draw_fps
 from paddle_lane.models import build_model
@@ -91,6 +91,18 @@ def test_flip_tta_equals_plain_for_flip_equivariant_model(cfg):
     assert plain.shape == (8, SIZE[1], SIZE[0]) and plain.dtype == np.float32
     np.testing.assert_allclose(flipped, plain, atol=1e-6)
     np.testing.assert_allclose(plain.sum(axis=0), 1.0, atol=1e-5)
+
+
+def test_sliding_window_equals_whole_image_for_pixelwise_model(cfg):
+    import copy
+    rgb = noise_frame()
+    whole = Predictor(cfg, models=[(pixelwise(4), SIZE)]).predict_probs(rgb)
+    tiled_cfg = copy.deepcopy(cfg)
+    tiled_cfg.infer.window, tiled_cfg.infer.window_stride = [SIZE[0] // 2 + 3, SIZE[1] // 2 + 1], [SIZE[0] // 3, SIZE[1] // 3]
+    tiled = Predictor(tiled_cfg, models=[(pixelwise(4), SIZE)], flip=True).predict_probs(rgb)
+    np.testing.assert_allclose(tiled, whole, atol=1e-5)
+    assert window_starts(10, 4, 3) == [0, 3, 6] and window_starts(11, 4, 3) == [0, 3, 6, 7]
+    assert window_starts(3, 4, 2) == [0]
 
 
 def test_multiscale_close_to_plain(cfg):

@@ -107,6 +107,16 @@ def _in_eval_mode(model: paddle.nn.Layer) -> paddle.nn.Layer:
     return model
 
 
+def window_starts(total: int, window: int, stride: int) -> list[int]:
+    """Offsets of sliding windows covering [0, total): regular steps plus one flush with the end."""
+    if total <= window:
+        return [0]
+    starts = list(range(0, total - window + 1, stride))
+    if starts[-1] != total - window:
+        starts.append(total - window)
+    return starts
+
+
 def normalize_weights(weights: Sequence[float] | None, n: int) -> list[float]:
     """Ensemble weights scaled to sum 1 (equal when None)."""
     if weights is None:
@@ -139,6 +149,9 @@ class Predictor:
         self.members = self._members(checkpoints, models, weights)
         self.base_size = self.members[0].size
         self.input_sizes = sorted({scaled_size(m.size, s) for m in self.members for s in self.scales})
+        self.window = tuple(cfg.infer.window) if cfg.infer.window else None
+        self.stride = tuple(cfg.infer.window_stride) if cfg.infer.window_stride else \
+            (tuple(max(1, v // 2) for v in self.window) if self.window else None)
         self.images_predicted = 0
 
     def _members(self, checkpoints, models, weights) -> list[Member]:
@@ -182,6 +195,23 @@ class Predictor:
         return acc / len(self.scales)
 
     def _forward(self, model: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
+        """Softmax of the model over the whole input, or averaged over sliding windows."""
+        h, w = int(x.shape[2]), int(x.shape[3])
+        if self.window is None or (w <= self.window[0] and h <= self.window[1]):
+            return self._forward_once(model, x)
+        ww, wh = min(self.window[0], w), min(self.window[1], h)
+        acc = counts = None
+        for y in window_starts(h, wh, self.stride[1]):
+            for x0 in window_starts(w, ww, self.stride[0]):
+                probs = self._forward_once(model, x[:, :, y:y + wh, x0:x0 + ww])
+                if acc is None:
+                    acc = paddle.zeros([probs.shape[0], probs.shape[1], h, w], probs.dtype)
+                    counts = paddle.zeros([1, 1, h, w], probs.dtype)
+                acc[:, :, y:y + wh, x0:x0 + ww] += probs
+                counts[:, :, y:y + wh, x0:x0 + ww] += 1.0
+        return acc / counts
+
+    def _forward_once(self, model: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
         """Softmax of the model, averaged with its mirrored run when flip TTA is on."""
         n = int(x.shape[0])
         batch = paddle.concat([x, paddle.flip(x, axis=[3])], axis=0) if self.flip else x
