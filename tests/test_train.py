@@ -168,3 +168,24 @@ def test_two_process_cpu_training(prepared_synth, tmp_path):
     n_val = record["frames"]
     gt_pixels = sum(c["gt_pixels"] for c in record["per_class"])
     assert gt_pixels == n_val * 128 * 48
+
+
+def test_early_stopping_after_patience(prepared_synth, tmp_path, monkeypatch):
+    _, lists = prepared_synth
+    scores = iter([0.5, 0.4, 0.3, 0.2, 0.1])
+    monkeypatch.setattr(Trainer, "validate", lambda self, net, val_ds, stage, it: next(scores))
+    opts = tiny_train_opts(lists, tmp_path / "run", iters=10, val_interval=2) + ["train.patience=2"]
+    result = Trainer(load_config(CONFIG, opts), quiet=True).run()[0]
+    assert result.stopped_early and result.last_iter == 6 and result.best_iter == 2
+    state = json.loads((tmp_path / "run" / "stage0" / "iter_0000006" / "state.json").read_text())
+    assert state["stage_done"] is True  # --resume moves on to the next stage
+
+
+def test_empty_list_is_a_clear_error(prepared_synth, tmp_path):
+    import shutil
+    _, lists = prepared_synth
+    empty = tmp_path / "lists"
+    shutil.copytree(lists, empty, ignore=shutil.ignore_patterns("cache"))
+    (empty / "train.csv").write_text((lists / "train.csv").read_text().splitlines()[0] + "\n")
+    with pytest.raises(ValueError, match=r"list is empty: .*train.csv"):
+        Trainer(load_config(CONFIG, tiny_train_opts(empty, tmp_path / "r")), quiet=True)
