@@ -50,7 +50,8 @@ def measure_frame(image: str, label: str, scheme: Scheme, train_lut: np.ndarray,
     if unknown.size:
         return {"error": f"unknown label id(s) {unknown.tolist()}", "file": label}
     offset = min(crop_offset, h - 1)
-    cropped = class_counts(id_histogram(ids[offset:]), train_lut, scheme.num_classes)
+    cropped_hist = id_histogram(ids[offset:])
+    cropped = class_counts(cropped_hist, train_lut, scheme.num_classes)
     full = class_counts(hist, train_lut, scheme.num_classes)
     brightness, overexposed = image_brightness(rgb)
     valid = int(cropped.sum())
@@ -61,7 +62,7 @@ def measure_frame(image: str, label: str, scheme: Scheme, train_lut: np.ndarray,
         "lane_pixels": lane,
         "lane_pixels_above_crop": int(full[1:].sum()) - lane,
         "lane_fraction": lane / valid if valid else 0.0,
-        "ignore_pixels": int((ids[offset:] == 255).sum()) if hist[255] else 0,
+        "ignore_pixels": int(cropped_hist[255]),
         "brightness": round(brightness, 4),
         "overexposed": round(overexposed, 5),
         "ids_present": np.flatnonzero(hist).tolist(),

@@ -138,11 +138,11 @@ def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, worke
     """Scan, validate, measure, clean, split, weigh, write lists; optionally cache."""
     t0 = time.time()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     workers = workers or cfg.prepare.workers
     scheme = load_scheme(cfg.data.scheme)
     names = scheme.class_names
-    found = scan(data_root, test_dir)
+    found = scan(data_root, test_dir)  # fails on a missing root before anything is written
+    out.mkdir(parents=True, exist_ok=True)
     res = PrepareResult(out_dir=out, pairs_found=len(found.pairs), test_images=len(found.test_images),
                         problems=list(found.problems), class_names=names)
 
