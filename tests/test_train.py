@@ -127,7 +127,6 @@ def test_scheme_mismatch_and_missing_list(prepared_synth, tmp_path):
 
 
 def test_checkpoint_mismatch_is_one_clear_error(prepared_synth, tmp_path):
-    import paddle
     from paddle_lane.engine.checkpoint import load_weights, save_checkpoint
     from paddle_lane.models import build_model
     cfg = load_config(CONFIG, ["model.width=8"])

@@ -14,7 +14,6 @@ class Monitor:
 
     def __init__(self, logdir: str | Path, enabled: bool = True, quiet: bool = False):
         self.enabled, self.quiet, self.writer = enabled, quiet, None
-        self._wait = self._compute = 0.0
         if enabled:
             from visualdl import LogWriter
             Path(logdir).mkdir(parents=True, exist_ok=True)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import math
 import time
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -97,7 +96,6 @@ class Trainer:
         if not self.cfg.train.amp:
             return None
         if not is_gpu(self.device):
-            warnings.warn(f"train.amp={self.cfg.train.amp} needs a GPU; training in fp32 on CPU", stacklevel=2)
             print(f"warning: train.amp={self.cfg.train.amp} ignored on CPU (fp32)")
             return None
         return "float16" if self.cfg.train.amp == "fp16" else "bfloat16"
