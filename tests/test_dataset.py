@@ -81,3 +81,14 @@ def test_dataset_epochs_draw_different_augmentations(prepared_synth):
     image, label = ds[1]
     assert image.shape == (3, 32, 96) and image.dtype == np.float32
     assert label.shape == (32, 96) and label.dtype == np.uint8
+
+
+def test_read_list_empty_is_an_error_unless_allowed(tmp_path):
+    import pytest
+    path = tmp_path / "val.csv"
+    path.write_text("image,label,key\n")
+    with pytest.raises(ValueError, match=r"list is empty: .*val.csv"):
+        read_list(path)
+    assert read_list(path, allow_empty=True).empty
+    path.write_text("")
+    assert read_list(path, allow_empty=True).empty

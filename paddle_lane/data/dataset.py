@@ -18,13 +18,18 @@ def loader_worker_init(_worker_id: int) -> None:
     cv2.setNumThreads(1)
 
 
-def read_list(path: str | Path, need_labels: bool = True) -> pd.DataFrame:
-    """A prepare list as a DataFrame; clear errors when missing or empty."""
+def read_list(path: str | Path, need_labels: bool = True, allow_empty: bool = False) -> pd.DataFrame:
+    """A prepare list as a DataFrame; clear errors when missing or (unless allowed) empty."""
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"list not found: {path} (run `./run.sh prepare` first)")
-    df = pd.read_csv(path, keep_default_na=False)
+    try:
+        df = pd.read_csv(path, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        df = pd.DataFrame()
     if df.empty:
+        if allow_empty:
+            return df
         raise ValueError(f"list is empty: {path}")
     cols = ["image", "key"] + (["label"] if need_labels else [])
     missing = [c for c in cols if c not in df.columns]

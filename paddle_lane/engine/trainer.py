@@ -78,8 +78,9 @@ class Trainer:
         self.stats = load_stats(cfg)
         self.train_df = read_list(Path(cfg.data.lists_dir) / "train.csv")
         val_path = Path(cfg.data.lists_dir) / "val.csv"
-        self.val_df = read_list(val_path) if val_path.exists() and val_path.stat().st_size > 0 and \
-            len(open(val_path).readlines()) > 1 else None
+        self.val_df = read_list(val_path, allow_empty=True) if val_path.exists() else None
+        if self.val_df is not None and self.val_df.empty:  # val_fraction 0: train without validation
+            self.val_df = None
         if self.val_df is not None and cfg.train.max_val_images > 0:
             self.val_df = self.val_df.head(cfg.train.max_val_images)
         self.amp = self._amp_level()
