@@ -43,7 +43,7 @@ class DataConfig:
     ignore_policy: str = "background"   # what ignoreInEval ids, 249, 255 become in training
     crop_offset: int = 690              # rows cut from the top (sky) before resizing
     use_cache: bool = True              # read prepare's resized cache when present
-    label_resize: str = "nearest"       # nearest (unbiased class frequencies) | vote (area majority)
+    label_resize: str = "nearest"       # nearest (centre-exact) | vote (area majority); see data_prep/resize.py
     num_workers: int = 2
     oversample_rare: float = 0.0        # >0: frames with rare classes drawn more often (weight 1 + x)
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
@@ -182,7 +182,9 @@ def _deep_merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _read_yaml(path: Path, chain: tuple = ()) -> dict:
+def _read_yaml(path: Path, chain: tuple = (), name: str | None = None) -> dict:
+    """One file merged over its `_base_` files. Each file's own keys and types are checked
+    as it is read, so an error names the file that holds the key, not the one including it."""
     if path in chain:
         raise ConfigError(f"{path}: _base_ cycle through {[str(p) for p in chain]}")
     if not path.exists():
@@ -195,6 +197,7 @@ def _read_yaml(path: Path, chain: tuple = ()) -> dict:
         raise ConfigError(f"{path}: top level must be a mapping")
     bases = data.pop("_base_", [])
     bases = [bases] if isinstance(bases, str) else bases
+    _build(Config, data, "", name or str(path))
     merged: dict = {}
     for b in bases:
         merged = _deep_merge(merged, _read_yaml((path.parent / b).resolve(), chain + (path,)))
@@ -239,7 +242,7 @@ def parse_overrides(opts: list[str] | None) -> list[tuple[str, Any]]:
 def load_config(path: str | os.PathLike | None = None, opts: list[str] | None = None) -> Config:
     """Read, merge `_base_` files, apply overrides, and validate. Errors name key and file."""
     source = str(path) if path else "<defaults>"
-    raw = _read_yaml(Path(path).resolve()) if path else {}
+    raw = _read_yaml(Path(path).resolve(), name=source) if path else {}
     # Lists in overrides index into the merged defaults (stages.0.batch_size=4).
     tree = _deep_merge(to_dict(Config()), raw)
     tree.pop("source", None)

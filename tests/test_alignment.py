@@ -63,7 +63,7 @@ def test_ceiling_uses_the_predictor_post_processing():
     path = label_paths()[0]
     scheme = load_scheme("apollo8")
     train = apply_lut(read_label(path), scheme.train_lut("background"))
-    cfg = load_config(ROOT / "configs" / "_base_" / "apollo.yml")
+    cfg = load_config(ROOT / "configs" / "_base_" / "datasets" / "apollo8.yml")
     predictor = Predictor(cfg, models=[(paddle.nn.Conv2D(3, 8, 1), SIZES[0])])
     probs = perfect_probs(crop_top(train, OFFSET), SIZES[0], scheme.num_classes)
     written = predictor.scheme.decode(predictor.to_train_ids(probs, (train.shape[1], train.shape[0])))

@@ -1,0 +1,156 @@
+"""Shipped configs: all load, names follow the naming rule and say what the file resolves to,
+recipe values are pinned, and an error inside a `_base_` file names that file."""
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from conftest import ROOT
+from paddle_lane.config import ConfigError, load_config
+
+CONFIGS = sorted((ROOT / "configs").glob("*.yml"))
+BASES = sorted((ROOT / "configs" / "_base_").rglob("*.yml"))
+NOT_RECIPES = {"demo_tiny.yml"}
+
+# model[_backbone[-variant]]_CARDSxbBATCH-ITERS_dataset-SIZE1-SIZEn.yml, where BATCH is the first
+# stage's per-card batch and ITERS the iterations of each stage: 3x16k, 20k+2x16k, ...
+NAME_RULE = re.compile(
+    r"^(?P<model>[a-z0-9]+)"
+    r"(?:_(?P<backbone>[a-z0-9]+)(?:-(?P<variant>[a-z0-9]+))?)?"
+    r"_(?P<cards>\d+)xb(?P<batch>\d+)"
+    r"-(?P<iters>(?:\d+x)?\d+k(?:\+(?:\d+x)?\d+k)*)"
+    r"_(?P<dataset>[a-z0-9]+)"
+    r"-(?P<first>\d+x\d+)-(?P<last>\d+x\d+)\.yml$")
+
+
+def _iters(token: str) -> list[int]:
+    """'20k+2x16k' -> [20000, 16000, 16000]."""
+    out = []
+    for part in token.split("+"):
+        count, _, k = part.rpartition("x")
+        out += [int(k[:-1]) * 1000] * int(count or 1)
+    return out
+
+
+def _ids(paths):
+    return [p.name for p in paths]
+
+
+def test_name_rule_reads_the_examples():
+    m = NAME_RULE.match("deeplabv3p_r101vd-os8_2xb6-20k+2x16k_apollo8-768x256-1536x512.yml")
+    assert m and m["model"] == "deeplabv3p" and (m["backbone"], m["variant"]) == ("r101vd", "os8")
+    assert (m["cards"], m["batch"], m["dataset"], m["first"], m["last"]) == ("2", "6", "apollo8", "768x256", "1536x512")
+    assert _iters(m["iters"]) == [20000, 16000, 16000] and _iters("3x16k") == [16000] * 3
+    m = NAME_RULE.match("unet_2xb8-3x16k_apollo8-768x256-1536x512.yml")
+    assert m and m["model"] == "unet" and m["backbone"] is None
+    for bad in ("unet_2x_768x256-1024x384-1536x512.yml", "deeplabv3p_r50vd_os8_2x_768x256-1024x384-1536x512.yml",
+                "unet_2xb8_apollo8-768x256-1536x512.yml", "unet_2xb8-3x16k-768x256-1536x512.yml"):
+        assert not NAME_RULE.match(bad), bad
+
+
+@pytest.mark.parametrize("path", CONFIGS + BASES, ids=_ids(CONFIGS) + [str(p.relative_to(ROOT / "configs")) for p in BASES])
+def test_every_shipped_config_and_base_loads(path):
+    cfg = load_config(path)
+    assert cfg.source == str(path)
+
+
+@pytest.mark.parametrize("path", [p for p in CONFIGS if p.name not in NOT_RECIPES],
+                         ids=_ids([p for p in CONFIGS if p.name not in NOT_RECIPES]))
+def test_recipe_name_says_what_the_config_resolves_to(path):
+    m = NAME_RULE.match(path.name)
+    assert m, f"{path.name} does not follow the naming rule"
+    cfg = load_config(path)
+    assert m["model"] == cfg.model.name
+    if m["backbone"]:      # r50vd <-> ResNet50_vd
+        assert m["backbone"] == "r" + cfg.model.backbone.removeprefix("ResNet").replace("_", "")
+    if m["variant"]:
+        assert m["variant"] == f"os{cfg.model.output_stride}"
+    assert int(m["batch"]) == cfg.stages[0].batch_size
+    assert _iters(m["iters"]) == [st.iters for st in cfg.stages]
+    assert m["dataset"] == cfg.data.scheme
+    assert m["first"] == f"{cfg.stages[0].width}x{cfg.stages[0].height}"
+    assert m["last"] == f"{cfg.stages[-1].width}x{cfg.stages[-1].height}"
+
+
+SIZES = [(768, 256), (1024, 384), (1536, 512)]
+LRS = [0.001, 0.0005, 0.0002]
+ADAM_POLY_CE_DICE = {
+    "loss": [("ce", 1.0, True), ("dice", 1.0, False)],
+    "optimizer": ("adam", 0.0001, 5.0),
+    "schedule": ("poly", 0.9, 200),
+}
+EXPECTED = {
+    "deeplabv3p_r50vd-os8_2xb8-3x16k_apollo8-768x256-1536x512.yml": dict(
+        model=("deeplabv3p", "ResNet50_vd", 8, True), batches=[8, 4, 2], iters=[16000] * 3,
+        output_dir="runs/deeplabv3p_r50vd_os8", scales=[0.75, 1.0, 1.25], **ADAM_POLY_CE_DICE),
+    "deeplabv3p_r101vd-os8_2xb6-20k+2x16k_apollo8-768x256-1536x512.yml": dict(
+        model=("deeplabv3p", "ResNet101_vd", 8, True), batches=[6, 3, 2], iters=[20000, 16000, 16000],
+        output_dir="runs/deeplabv3p_r101vd_os8", scales=[0.75, 1.0, 1.25], **ADAM_POLY_CE_DICE),
+    "unet_2xb8-3x16k_apollo8-768x256-1536x512.yml": dict(
+        model=("unet", "ResNet50_vd", 8, False), batches=[8, 4, 2], iters=[16000] * 3,
+        output_dir="runs/unet", scales=[1.0], **ADAM_POLY_CE_DICE),
+}
+
+
+def test_every_recipe_config_is_pinned():
+    assert {p.name for p in CONFIGS} - NOT_RECIPES == set(EXPECTED)
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_recipe_values(name):
+    exp = EXPECTED[name]
+    cfg = load_config(ROOT / "configs" / name)
+    m = cfg.model
+    assert (m.name, m.backbone, m.output_stride, m.sync_bn) == exp["model"]
+    assert (m.init, m.pretrained, m.backbone_pretrained, m.freeze_backbone_iters) == ("kaiming", None, None, 0)
+    assert [(s.width, s.height) for s in cfg.stages] == SIZES
+    assert [s.batch_size for s in cfg.stages] == exp["batches"]
+    assert [s.iters for s in cfg.stages] == exp["iters"]
+    assert [s.lr for s in cfg.stages] == LRS
+    assert [s.name for s in cfg.stages] == ["s1_768x256", "s2_1024x384", "s3_1536x512"]
+    assert [(t.type, t.weight, t.class_weights) for t in cfg.loss] == exp["loss"]
+    o = cfg.optimizer
+    assert (o.type, o.weight_decay, o.grad_clip) == exp["optimizer"] and o.betas == [0.9, 0.999]
+    s = cfg.schedule
+    assert (s.type, s.power, s.warmup_iters) == exp["schedule"] and (s.warmup_start, s.min_lr) == (0.1, 0.0)
+    d = cfg.data
+    assert (d.scheme, d.ignore_policy, d.crop_offset, d.lists_dir) == ("apollo8", "background", 690, "out/prepare")
+    a = cfg.augment
+    assert (a.hflip, a.scale, a.color_jitter, a.blur, a.noise, a.cutout) == (0.5, [0.9, 1.1], 0.2, 0.1, 0.0, 0.0)
+    assert cfg.prepare.class_weight == "inverse_log" and cfg.prepare.val_fraction == 0.2
+    t = cfg.train
+    assert (t.output_dir, t.val_interval, t.max_val_images) == (exp["output_dir"], 2000, 500)
+    assert (t.log_interval, t.keep_last, t.patience) == (20, 2, 0)
+    assert cfg.infer.flip is True and cfg.infer.scales == exp["scales"] and cfg.infer.stage == -1
+
+
+def test_demo_builds_on_the_same_bases():
+    cfg = load_config(ROOT / "configs" / "demo_tiny.yml")
+    assert (cfg.model.name, cfg.model.width) == ("lite", 16)
+    assert (cfg.optimizer.type, cfg.optimizer.grad_clip, cfg.schedule.warmup_iters) == ("adam", 5.0, 20)
+    assert [(t.type, t.weight) for t in cfg.loss] == [("ce", 1.0), ("dice", 0.5)]
+    assert [(s.width, s.height, s.batch_size, s.iters) for s in cfg.stages] == [(192, 64, 8, 150), (256, 96, 4, 60)]
+    assert (cfg.data.crop_offset, cfg.train.keep_last, cfg.train.log_interval) == (172, 2, 10)
+
+
+@pytest.mark.parametrize("bad, message", [
+    ("model:\n  nmae: lite\n", r"unknown key 'model\.nmae'"),
+    ("train:\n  seed: one\n", r"key 'train\.seed' must be int"),
+    ("stages:\n  - {width: 64, heigth: 32}\n", r"unknown key 'stages\.0\.heigth'"),
+])
+def test_error_in_a_base_file_names_that_file(tmp_path, bad, message):
+    (tmp_path / "_base_").mkdir()
+    base = tmp_path / "_base_" / "typo.yml"
+    base.write_text(bad)
+    child = tmp_path / "child.yml"
+    child.write_text(f"_base_:\n  - {ROOT / 'configs' / '_base_' / 'default_runtime.yml'}\n"
+                     "  - _base_/typo.yml\ntrain:\n  log_interval: 5\n")
+    with pytest.raises(ConfigError, match=message) as err:
+        load_config(child)
+    assert str(err.value).startswith(f"{base}: "), str(err.value)
+    # The child's own mistakes still name the child, as given on the command line.
+    child.write_text("_base_: _base_/typo.yml\ntrain:\n  log_itnerval: 5\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'train\.log_itnerval'") as err:
+        load_config(child)
+    assert str(err.value).startswith(f"{child}: ")
