@@ -1,15 +1,21 @@
-"""`paddle-lane VERB ...`: the command line behind run.sh. Each verb is a small function
-that parses its arguments and calls one module; errors print one line and exit 2."""
+"""`paddle-lane [--debug] VERB ...`: the command line behind run.sh. Each verb is a small
+function that parses its arguments and calls one module. User errors (ValueError, including
+ConfigError and UserError, and OSError such as a missing file) print one line and exit 2;
+any other exception is an internal error: traceback, one summary line, exit 1.
+--debug (or PADDLE_LANE_DEBUG=1) shows the traceback of user errors too."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import traceback
 import warnings
 
 # Paddle warns at import that ccache is missing; it only matters when compiling extensions.
 warnings.filterwarnings("ignore", message="No ccache found")
 
-from paddle_lane.config import ConfigError, load_config
+from paddle_lane.config import load_config
+from paddle_lane.errors import UserError
 
 EPILOG = "Run `paddle-lane VERB --help` for a verb's options."
 
@@ -32,7 +38,6 @@ def cmd_prepare(args, argv) -> int:
 
 def _launch_distributed(args, argv: list[str]) -> int:
     """Re-run this command under paddle.distributed.launch (one process per card/CPU slot)."""
-    import os
     import subprocess
     from pathlib import Path
     cfg = load_config(args.config, args.opts)
@@ -50,15 +55,44 @@ def _launch_distributed(args, argv: list[str]) -> int:
     return subprocess.call(cmd, env=env)
 
 
+def parse_gpus(text: str | None) -> list[int]:
+    """'3' -> [3], '0,1,2,3' -> [0, 1, 2, 3], None -> []; anything else is a UserError."""
+    if text is None:
+        return []
+    parts = [t.strip() for t in text.split(",")]
+    if not all(t.isdigit() for t in parts):
+        raise UserError(f"--gpus: expected card ids like 3 or 0,1,2,3, got {text!r}")
+    ids = [int(t) for t in parts]
+    if len(set(ids)) != len(ids):
+        raise UserError(f"--gpus: card id repeated in {text!r}")
+    return ids
+
+
+def _check_gpus(gpus: list[int], device: str | None) -> None:
+    """--gpus needs a CUDA build that sees every requested card, and no --device cpu beside it."""
+    from paddle_lane.device import require_cuda
+    text = ",".join(map(str, gpus))
+    if device == "cpu":
+        raise UserError(f"--gpus {text} contradicts --device cpu; give one of them")
+    count = require_cuda(f"--gpus {text}")
+    missing = [i for i in gpus if i >= count]
+    if missing:
+        raise UserError(f"--gpus {text}: no card {missing}, only {count} CUDA device(s) visible (ids 0-{count - 1})")
+
+
 def cmd_train(args, argv: list[str]) -> int:
-    import os
     cfg = load_config(args.config, args.opts)  # fail on config errors before Paddle is imported
-    multi = args.gpus is not None and "," in args.gpus or (args.nproc or 1) > 1 or args.ips
+    gpus = parse_gpus(args.gpus)
+    if gpus:
+        _check_gpus(gpus, args.device)
+    multi = len(gpus) > 1 or (args.nproc or 1) > 1 or args.ips
     if multi and not os.environ.get("PADDLE_LANE_LAUNCHED"):
         return _launch_distributed(args, argv)
+    # one card id selects that card; without --gpus the device follows --device / the launcher
+    device = f"gpu:{gpus[0]}" if len(gpus) == 1 else args.device
     from paddle_lane.engine.trainer import Trainer, TrainingStopped
     try:
-        results = Trainer(cfg, resume=args.resume, device=args.device).run()
+        results = Trainer(cfg, resume=args.resume, device=device).run()
     except TrainingStopped as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -105,7 +139,7 @@ def _tta_flip(args):
 def cmd_infer(args, argv) -> int:
     from paddle_lane.infer.commands import run_infer
     if not args.images and not args.list:
-        raise ValueError("infer needs --images DIR or --list CSV")
+        raise UserError("infer needs --images DIR or --list CSV")
     return run_infer(args.config, args.opts, checkpoints=args.checkpoint, weights=args.weights,
                      images_dir=args.images, list_csv=args.list, out=args.out, tta_flip=_tta_flip(args),
                      scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=args.device)
@@ -123,11 +157,13 @@ def cmd_video(args, argv) -> int:
 
 def cmd_evaluate(args, argv) -> int:
     from paddle_lane.infer.commands import run_evaluate
-    return run_evaluate(args.pred, args.gt, args.scheme, args.workers, args.report)
+    return run_evaluate(args.pred, args.gt, args.scheme, args.workers, args.report, allow_partial=args.allow_partial)
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddle-lane", description=__doc__, epilog=EPILOG)
+    parser.add_argument("--debug", action="store_true",
+                        help="show the traceback of every error (also PADDLE_LANE_DEBUG=1)")
     sub = parser.add_subparsers(dest="verb", required=True)
 
     p = sub.add_parser("prepare", help="scan, validate, measure, clean and split a raw Apollo tree")
@@ -142,7 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="staged training (all stages of the config)")
     _add_config_args(p, required=True)
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
-    p.add_argument("--gpus", help="GPU ids for multi-card training, e.g. 0,1,2,3")
+    p.add_argument("--gpus", help="GPU card id(s): one id (e.g. 3) trains on that card, "
+                   "several (e.g. 0,1,2,3) launch multi-card training")
     p.add_argument("--nproc", type=int, default=1, help="processes per machine (CPU multi-process)")
     p.add_argument("--ips", help="comma-separated machine IPs for multi-machine training")
     p.add_argument("--device", choices=["cpu", "gpu"], help="force a device (default: GPU if available)")
@@ -188,6 +225,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--scheme", default="apollo8")
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--report", help="folder for scores.csv / scores.json (default: the --pred folder)")
+    p.add_argument("--allow-partial", action="store_true",
+                   help="exit 0 even when predictions are missing, unreadable or the wrong size "
+                        "(they are scored as all background either way)")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("visualdl", help="serve the VisualDL UI for a run")
@@ -199,17 +239,32 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def debug_requested(args) -> bool:
+    """--debug on the command line, or PADDLE_LANE_DEBUG set to anything but '' / '0'."""
+    return args.debug or os.environ.get("PADDLE_LANE_DEBUG", "") not in ("", "0")
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
+    debug = debug_requested(args)
     try:
         return args.func(args, argv)
-    except (ConfigError, FileNotFoundError, ValueError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as exc:
+        # user mistakes: config values (ConfigError), UserError, the plain ValueErrors the modules
+        # raise on bad input, and files that are missing or cannot be written
+        if debug:
+            traceback.print_exc()
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except Exception as exc:  # a bug: the traceback is what a report needs
+        traceback.print_exc()
+        print(f"internal error: {type(exc).__name__}: {exc} (please report it with the traceback above; "
+              "--debug also shows tracebacks for one-line errors)", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -35,10 +35,22 @@ def pair_code_lut(train_lut: np.ndarray, n: int) -> np.ndarray:
     return np.where(lut < n, lut * n, 255).astype(np.uint8)
 
 
+def _check_packed_pred(pred_train: np.ndarray, codes: np.ndarray, n: int) -> None:
+    """Refuse predictions the packed add would misfile: a value p >= n lands in the bin of
+    another (gt, pred) pair. One uint8 max, ~0.07 ms on a 3384x1020 frame."""
+    if pred_train.dtype != np.uint8:
+        raise TypeError(f"packed confusion needs uint8 train ids, got dtype {pred_train.dtype}")
+    if pred_train.shape != codes.shape:
+        raise ValueError(f"pred shape {pred_train.shape} != ground-truth shape {codes.shape}")
+    if pred_train.size and pred_train.max() >= n:
+        _raise_out_of_range(pred_train.ravel(), n, "pred")
+
+
 def packed_confusion(pred_train: np.ndarray, codes: np.ndarray, n: int) -> np.ndarray:
     """int64 [n, n] confusion (rows ground truth) of train-id predictions against ground-truth
     codes from pair_code_lut: one saturating add and one 256-bin histogram, ~4x faster than a
-    bincount over int64 codes."""
+    bincount over int64 codes. Predictions must be uint8 train ids below n."""
+    _check_packed_pred(pred_train, codes, n)
     joint = cv2.add(np.ascontiguousarray(codes), np.ascontiguousarray(pred_train))
     if joint.size >= 1 << 24:  # calcHist counts in float32: exact only below 2**24
         return np.bincount(joint.ravel(), minlength=256)[: n * n].reshape(n, n).astype(np.int64)

@@ -4,7 +4,8 @@ Both folders hold Apollo-id PNGs. Ground truth goes through the scheme's eval_lu
 (ignoreInEval ids excluded), predictions through pred_lut (any id of a category counts),
 and one confusion matrix is accumulated over the whole set, as the leaderboard did.
 Nothing is dropped silently: missing, extra, mis-sized, unreadable files and unknown
-ids all end up in the report's problem list.
+ids all end up in the report's problem list. A missing, unreadable or wrong-size prediction
+is scored as all background, so a broken file never scores better than no file.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tqdm import tqdm
 from data_prep.io_utils import atomic_write_json, atomic_write_text
 from data_prep.label_io import UnknownColorError, UnreadableFileError, read_label
 from data_prep.labels import IGNORE_INDEX, Scheme, apply_lut, known_id_mask, load_scheme
+from paddle_lane.errors import UserError
 from paddle_lane.metrics import (PACKED_MAX_CLASSES, SegMetric, metric_to_jsonable, packed_confusion,
                                   pair_code_lut)
 
@@ -65,6 +67,11 @@ class ScoreReport:
     def miou_lanes(self) -> float:
         return self.results["miou_lanes"]
 
+    def prediction_gaps(self) -> dict[str, int]:
+        """How many predictions were scored as background, by kind (missing / unreadable / wrong size)."""
+        c = self.counts
+        return {"missing": c["missing"], "unreadable": c["unreadable_pred"], "wrong size": c["mismatched"]}
+
     def _metric(self) -> SegMetric:
         metric = SegMetric(len(self.class_names), self.class_names, self.ignore_index,
                            lane_classes=self.results["lane_classes"])
@@ -76,8 +83,8 @@ class ScoreReport:
         c = self.counts
         lines = [self._metric().table(self.results), "",
                  f"files: {c['gt_files']} ground truth, {c['scored']} scored "
-                 f"({c['missing']} missing and {c['unreadable_pred']} unreadable predictions scored as background), "
-                 f"{c['mismatched']} size mismatches skipped, {c['unreadable_gt']} unreadable ground truth skipped, "
+                 f"({c['missing']} missing, {c['unreadable_pred']} unreadable and {c['mismatched']} wrong-size "
+                 f"predictions scored as background), {c['unreadable_gt']} unreadable ground truth skipped, "
                  f"{c['extra']} extra predictions ignored, {c['unknown_ids']} files with unknown ids"]
         lines.append("mapping: ground-truth ids marked ignoreInEval (and 249 noise, 255 ego hood) are excluded; "
                      "a predicted id counts for its category (e.g. 200 or 204 = dividing)")
@@ -103,13 +110,13 @@ class ScoreReport:
 
 
 def _check_dirs(pred_dir: Path, gt_dir: Path) -> list[Path]:
-    """The ground-truth PNGs, or a one-line ValueError about the folders."""
+    """The ground-truth PNGs, or a one-line UserError about the folders."""
     for what, d in (("prediction", pred_dir), ("ground-truth", gt_dir)):
         if not d.is_dir():
-            raise ValueError(f"{what} folder not found: {d}")
+            raise UserError(f"{what} folder not found: {d}")
     gt_files = sorted(gt_dir.rglob("*.png"))
     if not gt_files:
-        raise ValueError(f"no *.png ground truth under {gt_dir}")
+        raise UserError(f"no *.png ground truth under {gt_dir}")
     return gt_files
 
 
@@ -170,17 +177,30 @@ def _unknown_problem(path: str, ids: np.ndarray, what: str) -> list[dict]:
              "pixels still mapped through the scheme's lookup table"}]
 
 
+def _size(shape: tuple[int, ...]) -> str:
+    """'WxH' of an image shape (rows, cols, ...)."""
+    return f"{shape[1]}x{shape[0]}"
+
+
 def _read_prediction(job: _Job, shape: tuple[int, ...]) -> tuple[str, np.ndarray, list[dict]]:
-    """Raw prediction ids, or all background (with a problem) when missing or unreadable."""
+    """Raw prediction ids, or all background (with a problem) when missing, unreadable or
+    of another size than the ground truth."""
+    blank = np.full(shape, BLANK_ID, np.uint8)
     if job.pred_path is None:
-        return "missing", np.full(shape, BLANK_ID, np.uint8), [
-            {"file": job.gt_path, "reason": "missing prediction; scored as all background"}]
+        return "missing", blank, [{"file": job.gt_path, "reason": "missing prediction; scored as all background"}]
     try:
         ids = read_label(job.pred_path)
     except UNREADABLE as exc:
-        return "bad_pred", np.full(shape, BLANK_ID, np.uint8), [
+        return "bad_pred", blank, [
             {"file": job.pred_path, "reason": f"unreadable prediction, scored as all background: {exc}"}]
-    return "scored", ids, _unknown_problem(job.pred_path, ids, "prediction")
+    problems = _unknown_problem(job.pred_path, ids, "prediction")
+    if ids.shape != shape:
+        # skipping the frame would drop its ground truth from the metric and flatter the score
+        problems.append({"file": job.pred_path, "reason": f"wrong size: prediction {Path(job.pred_path).name} is "
+                         f"{_size(ids.shape)} but ground truth {Path(job.gt_path).name} is {_size(shape)} (WxH); "
+                         "scored as all background"})
+        return "mismatched", blank, problems
+    return "scored", ids, problems
 
 
 def _score_frame(job: _Job, gt_lut: np.ndarray, pred_lut: np.ndarray, num_classes: int) -> _FrameResult:
@@ -192,10 +212,6 @@ def _score_frame(job: _Job, gt_lut: np.ndarray, pred_lut: np.ndarray, num_classe
     problems = _unknown_problem(job.gt_path, gt_ids, "ground truth")
     status, pred_ids, pred_problems = _read_prediction(job, gt_ids.shape)
     problems += pred_problems
-    if pred_ids.shape != gt_ids.shape:
-        problems.append({"file": job.pred_path, "reason": f"size mismatch: prediction {pred_ids.shape[::-1]} vs "
-                         f"ground truth {gt_ids.shape[::-1]} (w, h); frame skipped"})
-        return _FrameResult("mismatched", None, problems)
     return _FrameResult(status, frame_confusion(apply_lut(pred_ids, pred_lut), gt_ids, gt_lut, num_classes), problems)
 
 
@@ -227,7 +243,7 @@ def _counts(gt_files: int, results: list[_FrameResult], extra: int) -> dict:
     for r in results:
         n[r.status] += 1
     unknown = len({p["file"] for r in results for p in r.problems if p["reason"].startswith("unknown id")})
-    return {"gt_files": gt_files, "scored": n["scored"] + n["missing"] + n["bad_pred"],
+    return {"gt_files": gt_files, "scored": n["scored"] + n["missing"] + n["bad_pred"] + n["mismatched"],
             "missing": n["missing"], "extra": extra, "mismatched": n["mismatched"],
             "unreadable_gt": n["bad_gt"], "unreadable_pred": n["bad_pred"], "unknown_ids": unknown}
 
@@ -239,7 +255,7 @@ def score_folders(pred_dir: str | Path, gt_dir: str | Path, scheme: Scheme | str
     A prediction matches a ground truth by file name: <gt stem><pred_suffix>.png, in any sub-folder.
     """
     if workers < 1:
-        raise ValueError(f"workers must be >= 1, got {workers}")
+        raise UserError(f"workers must be >= 1, got {workers}")
     scheme = load_scheme(scheme) if isinstance(scheme, str) else scheme
     pred_dir, gt_dir = Path(pred_dir), Path(gt_dir)
     gt_files = _check_dirs(pred_dir, gt_dir)

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 
-from paddle_lane.metrics import SegMetric, metric_to_jsonable
+from paddle_lane.metrics import SegMetric, metric_to_jsonable, packed_confusion, pair_code_lut
 
 NAMES = ["bg", "lane_a", "lane_b"]
 I = 255  # ignore
@@ -135,3 +135,24 @@ def test_table_and_json_state_the_policy():
         assert needle in text
     data = json.loads(json.dumps(metric_to_jsonable(m.compute()), allow_nan=False))
     assert data["per_class"][2]["iou"] is None and data["miou"] == 1.0
+
+
+def _codes(gt: np.ndarray, n: int = 3) -> np.ndarray:
+    """Ground-truth codes for packed_confusion: class c -> c*n, ignore -> 255."""
+    return pair_code_lut(np.arange(256), n)[gt]
+
+
+def test_packed_confusion_matches_hand_count():
+    np.testing.assert_array_equal(packed_confusion(PRED, _codes(GT), 3), CONFUSION)
+
+
+def test_packed_confusion_refuses_predictions_outside_the_classes():
+    """Without the check, pred 3 on gt 0 would count as (gt 1, pred 0) and pred 7 as (gt 2, pred 1)."""
+    pred = PRED.copy()
+    pred[0, 0], pred[1, 1] = 3, 7
+    with pytest.raises(ValueError, match=r"pred holds value\(s\) \[3, 7\] outside \[0, 3\)"):
+        packed_confusion(pred, _codes(GT), 3)
+    with pytest.raises(TypeError, match="uint8"):
+        packed_confusion(PRED.astype(np.int32), _codes(GT), 3)
+    with pytest.raises(ValueError, match="shape"):
+        packed_confusion(PRED[:2], _codes(GT), 3)

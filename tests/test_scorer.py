@@ -9,6 +9,7 @@ import pytest
 from PIL import Image
 
 from data_prep.labels import load_scheme
+from paddle_lane.errors import UserError
 from paddle_lane.scorer import score_folders
 
 SCHEME = load_scheme("apollo8")
@@ -92,14 +93,34 @@ def test_extra_prediction_is_listed_and_ignored(dirs):
     assert [p["file"] for p in report.problems] == [str(pred / "stray.png")]
 
 
-def test_size_mismatch_is_listed_and_skipped(dirs):
+def test_wrong_size_prediction_scores_as_background_and_is_listed(dirs):
     gt, pred = dirs
     _write(pred, "a_bin.png", FRAME_A)
-    _write(pred, "b_bin.png", _label(shape=(H, W + 2)))
+    _write(pred, "b_bin.png", _label({214: (slice(2, 4), slice(0, 8))}, shape=(H, W + 2)))  # right zebra, wrong width
     report = _score(pred, gt)
-    assert report.counts["mismatched"] == 1 and report.counts["scored"] == 1
-    assert report.confusion.sum() == H * W  # frame A only
-    assert any("size mismatch" in p["reason"] and "frame skipped" in p["reason"] for p in report.problems)
+    assert report.counts["mismatched"] == 1 and report.counts["scored"] == 2
+    # by hand: A is perfect (32 bg, 8 dividing, 8 guiding); B counts as all background:
+    # its 16 zebra pixels become misses, its 24 background pixels hits, its 8 ego-hood pixels are ignored
+    expected = np.zeros((8, 8), np.int64)
+    expected[0, 0], expected[1, 1], expected[2, 2], expected[5, 0] = 32 + 24, 8, 8, 16
+    np.testing.assert_array_equal(report.confusion, expected)
+    assert report.miou == pytest.approx((56 / 72 + 1 + 1 + 0) / 4)  # skipping B would have scored 1.0
+    [problem] = [p for p in report.problems if "wrong size" in p["reason"]]
+    assert problem["file"] == str(pred / "b_bin.png")
+    assert "prediction b_bin.png is 10x6 but ground truth b_bin.png is 8x6" in problem["reason"]
+    assert "scored as all background" in problem["reason"]
+    assert "1 wrong-size" in report.table()
+
+
+def test_wrong_size_scores_no_better_than_a_missing_file(dirs):
+    gt, pred = dirs
+    _write(pred, "a_bin.png", FRAME_A)
+    missing = _score(pred, gt)
+    _write(pred, "b_bin.png", _label(shape=(H + 1, W)))
+    broken = _score(pred, gt)
+    np.testing.assert_array_equal(broken.confusion, missing.confusion)
+    assert broken.prediction_gaps() == {"missing": 0, "unreadable": 0, "wrong size": 1}
+    assert missing.prediction_gaps() == {"missing": 1, "unreadable": 0, "wrong size": 0}
 
 
 def test_other_id_of_the_same_category_counts_as_correct(tmp_path):
@@ -164,11 +185,11 @@ def test_write_produces_csv_and_json(dirs, tmp_path):
 
 def test_missing_folders_and_empty_ground_truth_raise(tmp_path):
     (tmp_path / "empty").mkdir()
-    with pytest.raises(ValueError, match="prediction folder not found"):
+    with pytest.raises(UserError, match="prediction folder not found"):
         _score(tmp_path / "nope", tmp_path / "empty")
-    with pytest.raises(ValueError, match="ground-truth folder not found"):
+    with pytest.raises(UserError, match="ground-truth folder not found"):
         _score(tmp_path / "empty", tmp_path / "nope")
-    with pytest.raises(ValueError, match="no \\*.png ground truth"):
+    with pytest.raises(UserError, match="no \\*.png ground truth"):
         _score(tmp_path / "empty", tmp_path / "empty")
 
 
@@ -212,3 +233,14 @@ def test_packed_histogram_confusion_equals_bincount(n):
     keep = gt != 255
     ref = np.bincount(gt[keep].astype(np.int64) * n + pred[keep], minlength=n * n).reshape(n, n)
     np.testing.assert_array_equal(frame_confusion(pred, gt_ids, gt_lut, n), ref)
+
+
+@pytest.mark.parametrize("n", [8, 16])
+def test_out_of_range_prediction_raises_naming_the_values(n):
+    """A train id >= n would land in another class's bin of the packed histogram; both paths refuse it."""
+    from paddle_lane.scorer import frame_confusion
+    gt_lut = np.zeros(256, np.uint8)
+    pred = np.zeros((4, 5), np.uint8)
+    pred[0, 0], pred[3, 4] = n, n + 3
+    with pytest.raises(ValueError, match=rf"pred holds value\(s\) \[{n}, {n + 3}\] outside \[0, {n}\)"):
+        frame_confusion(pred, np.zeros((4, 5), np.uint8), gt_lut, n)

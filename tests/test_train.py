@@ -188,3 +188,38 @@ def test_empty_list_is_a_clear_error(prepared_synth, tmp_path):
     (empty / "train.csv").write_text((lists / "train.csv").read_text().splitlines()[0] + "\n")
     with pytest.raises(ValueError, match=r"list is empty: .*train.csv"):
         Trainer(load_config(CONFIG, tiny_train_opts(empty, tmp_path / "r")), quiet=True)
+
+
+def _loss_turning_nan_at(monkeypatch, call: int) -> None:
+    """Make the trainer's loss NaN from its `call`-th evaluation on (1-based): the real loss times NaN."""
+    import itertools
+    import paddle_lane.engine.trainer as trainer_mod
+    real_build = trainer_mod.build_loss
+
+    def build(*args, **kwargs):
+        loss_fn, calls = real_build(*args, **kwargs), itertools.count(1)
+
+        def nan_from(logits, labels):
+            total, terms = loss_fn(logits, labels)
+            return (total * float("nan") if next(calls) >= call else total), terms
+        return nan_from
+    monkeypatch.setattr(trainer_mod, "build_loss", build)
+
+
+def test_real_nan_loss_stops_the_run_and_exits_3(prepared_synth, tmp_path, monkeypatch, capsys):
+    from paddle_lane import cli
+    from paddle_lane.engine.trainer import TrainingStopped
+    _, lists = prepared_synth
+    _loss_turning_nan_at(monkeypatch, 3)
+    # the third step is NaN: two steps done, so the trainer's 0-based step counter reads 2
+    trainer = Trainer(load_config(CONFIG, tiny_train_opts(lists, tmp_path / "a", iters=6, val_interval=6)), quiet=True)
+    with pytest.raises(TrainingStopped, match=r"stage 0 iter 2: loss is nan \(limit train.max_loss="):
+        trainer.run()
+    assert [it for _, it, _ in trainer.history] == [1, 2]
+    assert all(np.isfinite(loss) for _, _, loss in trainer.history)
+
+    monkeypatch.delenv("PADDLE_LANE_LAUNCHED", raising=False)
+    code = cli.main(["train", "--config", str(CONFIG), "--device", "cpu", "--opts",
+                     *tiny_train_opts(lists, tmp_path / "b", iters=6, val_interval=6)])
+    assert code == 3
+    assert "error: stage 0 iter 2: loss is nan" in capsys.readouterr().err

@@ -138,10 +138,32 @@ def _label_links(list_csv: str, folder: Path) -> None:
         os.symlink(os.path.abspath(label), folder / name)
 
 
-def run_evaluate(pred_dir: str, gt: str, scheme: str = "apollo8", workers: int = 2, out: str | None = None) -> int:
+def _check_pred_dir(pred_dir: str) -> None:
+    """A prediction folder that is missing or holds no *.png at all is a user error, not a score of 0."""
+    from paddle_lane.errors import UserError
+    if not Path(pred_dir).is_dir():
+        raise UserError(f"prediction folder not found: {pred_dir}")
+    if next(Path(pred_dir).rglob("*.png"), None) is None:
+        raise UserError(f"no *.png predictions under {pred_dir}")
+
+
+def _gaps_line(report) -> str | None:
+    """One line counting the predictions scored as background, by kind; None when there are none."""
+    gaps = {kind: n for kind, n in report.prediction_gaps().items() if n}
+    if not gaps:
+        return None
+    kinds = ", ".join(f"{n} {kind}" for kind, n in gaps.items())
+    return (f"{sum(gaps.values())} of {report.counts['gt_files']} predictions scored as all background "
+            f"({kinds}; listed above and in scores.json)")
+
+
+def run_evaluate(pred_dir: str, gt: str, scheme: str = "apollo8", workers: int = 2, out: str | None = None,
+                 allow_partial: bool = False) -> int:
     """Score predictions against a label folder or the labels of a list CSV; print the table and
-    write scores.csv/json to `out` (default: the prediction folder)."""
+    write scores.csv/json to `out` (default: the prediction folder). 1 when a prediction is
+    missing, unreadable or the wrong size, unless allow_partial; else 0."""
     from paddle_lane.scorer import score_folders
+    _check_pred_dir(pred_dir)
     gt_dir, list_csv = _dir_or_csv(gt)
     if list_csv:
         with tempfile.TemporaryDirectory(prefix="paddle_lane_gt_") as tmp:
@@ -153,4 +175,11 @@ def run_evaluate(pred_dir: str, gt: str, scheme: str = "apollo8", workers: int =
     print(report.table())
     paths = report.write(out or pred_dir)
     print(f"scores: {paths['csv']}, {paths['json']}")
-    return 0
+    gaps = _gaps_line(report)
+    if gaps is None:
+        return 0
+    if allow_partial:
+        print(f"partial submission accepted (--allow-partial): {gaps}")
+        return 0
+    print(f"error: incomplete submission: {gaps}; pass --allow-partial to accept it", file=sys.stderr)
+    return 1
