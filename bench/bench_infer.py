@@ -6,7 +6,8 @@
    PNG) in images/s with 1 and 2 writer threads;
 3. per-image inference time without TTA, with flip, and with flip + 3 scales;
 4. the resolution-ceiling table (perfect model through each stage size and back) and
-   the best output shift, against nearest-neighbour both ways (the winners' path).
+   the best output shift, against nearest-neighbour both ways (the winners' path); and the
+   label half: a model reproducing its training labels (each label resize rule) exactly.
 
     .venv/bin/python bench/bench_infer.py [--frames 30] [--quick]
 """
@@ -143,10 +144,10 @@ def bench_tta(df, reps: int, model: str, size) -> dict:
 
 
 def bench_ceiling(df, frames: int) -> list[dict]:
-    from paddle_lane.infer.alignment import resolution_ceiling
+    from paddle_lane.infer.alignment import MODES, resolution_ceiling
     labels = list(df["label"].head(frames))
     return [resolution_ceiling(labels, size, 690, range(-4, 5), mode)
-            for size in ((768, 256), (1024, 384), (1536, 512)) for mode in ("area", "nearest")]
+            for size in ((768, 256), (1024, 384), (1536, 512)) for mode in MODES]
 
 
 def main() -> int:
@@ -183,10 +184,12 @@ def main() -> int:
     print(f"\n4. resolution ceiling on {n} real labels (perfect model through each size and back)")
     print(format_table(ceil))
     c1536 = next(c for c in ceil if c["size"] == [1536, 512] and c["mode"] == "area")
+    l1536 = next(c for c in ceil if c["size"] == [1536, 512] and c["mode"] == "label-nearest")
     print(f"\nRESULT scorer_speedup_1w={sc['baseline_s'] / sc['ours_1w_s']:.1f}x "
           f"scorer_speedup_2w={sc['baseline_s'] / sc['ours_2w_s']:.1f}x "
           f"write_2w_vs_1w={wr[2] / wr[1]:.2f}x flip_cost={tta['flip'] / tta['none']:.2f}x "
-          f"ceiling_1536x512={c1536['miou']:.4f} best_shift=({c1536['best_dx']},{c1536['best_dy']})")
+          f"ceiling_1536x512={c1536['miou']:.4f} best_shift=({c1536['best_dx']},{c1536['best_dy']}) "
+          f"label_ceiling_1536x512={l1536['miou']:.4f} best_shift=({l1536['best_dx']},{l1536['best_dy']})")
     return 0
 
 

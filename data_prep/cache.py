@@ -1,23 +1,53 @@
 """Cropped and resized copies of frames at the training stage sizes, so training reads
-small files. Keyed by crop offset, size, scheme, ignore policy and label resizing;
-reused when present; each file written atomically."""
+small files. A cache folder is keyed by content: the crop offset, the size, the train-id
+table itself (so editing a scheme file or the ignore policy makes a new cache), the label
+resize rule and its version, and the image encoding; reused when present; each file
+written atomically."""
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from pathlib import Path
 
+import numpy as np
+
 from data_prep.label_io import read_image, read_label
 from data_prep.labels import Scheme, apply_lut
-from data_prep.resize import crop_top, resize_image, resize_label
-from data_prep.io_utils import atomic_write_jpeg, atomic_write_png
+from data_prep.resize import LABEL_RESIZE_VERSION, crop_top, resize_image, resize_label
+from data_prep.io_utils import atomic_write_jpeg, atomic_write_json, atomic_write_png
 
 JPEG_QUALITY = 95
+KEY_FILE = "cache_key.json"
 
 
-def cache_dir(lists_dir: str | os.PathLike, offset: int, size: tuple[int, int], scheme: str,
+def cache_key(offset: int, size: tuple[int, int], train_lut: np.ndarray, label_resize: str) -> dict:
+    """Everything a cached file depends on, with a short hash of it."""
+    lut = np.asarray(train_lut, np.uint8)
+    key = {"offset": int(offset), "size": [int(size[0]), int(size[1])],
+           "train_lut_sha1": hashlib.sha1(lut.tobytes()).hexdigest(),
+           "label_resize": label_resize, "label_resize_version": LABEL_RESIZE_VERSION,
+           "jpeg_quality": JPEG_QUALITY}
+    key["hash"] = hashlib.sha1(json.dumps(key, sort_keys=True).encode()).hexdigest()[:10]
+    return key
+
+
+def cache_dir(lists_dir: str | os.PathLike, offset: int, size: tuple[int, int], scheme: Scheme,
               ignore_policy: str, label_resize: str) -> Path:
+    """<lists_dir>/cache/off<offset>_<w>x<h>_<scheme>_<policy>_<rule>_<content hash>: readable
+    names, but only the hash decides reuse (a stale folder with the same words is not reused)."""
     w, h = size
-    return Path(lists_dir) / "cache" / f"off{offset}_{w}x{h}_{scheme}_{ignore_policy}_{label_resize}"
+    key = cache_key(offset, size, scheme.train_lut(ignore_policy), label_resize)
+    return Path(lists_dir) / "cache" / f"off{offset}_{w}x{h}_{scheme.name}_{ignore_policy}_{label_resize}_{key['hash']}"
+
+
+def write_cache_key(folder: Path, offset: int, size: tuple[int, int], scheme: Scheme, ignore_policy: str,
+                    label_resize: str) -> None:
+    """Record what the folder's files were made from, for a person looking at the cache."""
+    if (folder / KEY_FILE).exists():
+        return
+    key = cache_key(offset, size, scheme.train_lut(ignore_policy), label_resize)
+    atomic_write_json(folder / KEY_FILE, {**key, "scheme": scheme.name, "ignore_policy": ignore_policy})
 
 
 def cached_paths(folder: Path, key: str) -> tuple[Path, Path]:
@@ -44,7 +74,7 @@ def load_resized(image: str, label: str | None, scheme: Scheme, train_lut, offse
     if label is None:
         return rgb, None
     train_ids = apply_lut(crop_top(read_label(label), offset), train_lut)
-    return rgb, resize_label(train_ids, size, scheme.num_classes, label_resize)
+    return rgb, resize_label(train_ids, size, label_resize)
 
 
 def build_entry(args) -> dict:
@@ -55,8 +85,8 @@ def build_entry(args) -> dict:
         return {"key": key, "status": "reused"}
     try:
         rgb, train_ids = load_resized(image, label, scheme, train_lut, offset, size, label_resize, full_size)
-    except ValueError as exc:
-        return {"key": key, "status": "error", "error": str(exc)}
+    except (ValueError, OSError) as exc:  # unreadable or mismatched frame: reported, not fatal
+        return {"key": key, "image": image, "status": "error", "error": str(exc)}
     atomic_write_jpeg(img_path, rgb, JPEG_QUALITY)
     atomic_write_png(lab_path, train_ids)
     return {"key": key, "status": "written"}

@@ -15,7 +15,8 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep.cache import build_entry, cache_dir
+from data_prep.procs import die_with_parent
+from data_prep.cache import build_entry, cache_dir, write_cache_key
 from data_prep.frame_stats import measure_frame, measure_image
 from data_prep.io_utils import atomic_write_json, atomic_write_with
 from data_prep.labels import load_scheme
@@ -53,7 +54,7 @@ def parallel_map(fn: Callable, items: list, workers: int, desc: str, chunksize: 
                 yield fn(item)
                 bar.update()
         else:
-            with ProcessPoolExecutor(max_workers=workers) as pool:
+            with ProcessPoolExecutor(max_workers=workers, initializer=die_with_parent) as pool:
                 for res in pool.map(fn, items, chunksize=chunksize):
                     yield res
                     bar.update()
@@ -115,20 +116,24 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_with(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
-def build_cache(df: pd.DataFrame, lists_dir: Path, cfg, scheme, workers: int) -> dict:
-    """Write (or reuse) the resized cache for every stage size of the config."""
+def build_cache(df: pd.DataFrame, lists_dir: Path, cfg, scheme, workers: int, problems: list[dict]) -> dict:
+    """Write (or reuse) the resized cache for every stage size of the config; each frame that
+    could not be cached is added to problems with its reason (training then reads it full size)."""
     summary = {}
     lut = scheme.train_lut(cfg.data.ignore_policy)
     for stage in cfg.stages:
         size = (stage.width, stage.height)
-        folder = cache_dir(lists_dir, cfg.data.crop_offset, size, scheme.name, cfg.data.ignore_policy,
+        folder = cache_dir(lists_dir, cfg.data.crop_offset, size, scheme, cfg.data.ignore_policy,
                            cfg.data.label_resize)
         folder.mkdir(parents=True, exist_ok=True)
+        write_cache_key(folder, cfg.data.crop_offset, size, scheme, cfg.data.ignore_policy, cfg.data.label_resize)
         jobs = [(r.key, r.image, r.label, str(folder), scheme, lut, cfg.data.crop_offset, size,
                  cfg.data.label_resize, (int(r.width), int(r.height))) for r in df.itertuples()]
         counts = {"written": 0, "reused": 0, "error": 0}
         for res in parallel_map(build_entry, jobs, workers, f"cache {size[0]}x{size[1]}"):
             counts[res["status"]] += 1
+            if res["status"] == "error":
+                problems.append({"file": res["image"], "reason": f"cache {size[0]}x{size[1]} not written: {res['error']}"})
         summary[f"{size[0]}x{size[1]}"] = {"folder": str(folder), **counts}
     return summary
 
@@ -172,7 +177,7 @@ def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, worke
         _write_csv(pd.DataFrame(trows), out / "test.csv")
         res.files["test"] = str(out / "test.csv")
     if cfg.prepare.cache and len(df):
-        res.cache = build_cache(df, out, cfg, scheme, workers)
+        res.cache = build_cache(df, out, cfg, scheme, workers, res.problems)
     res.seconds = round(time.time() - t0, 2)
     problems_df = pd.DataFrame(res.problems + [{"file": d["file"], "reason": f"dropped by rule: {d['rule']}"}
                                                for d in res.dropped], columns=["file", "reason"])

@@ -25,17 +25,28 @@ def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return cv2.resize(rgb, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
 
 
-def resize_label(train_ids: np.ndarray, size: tuple[int, int], num_classes: int,
-                 mode: str = "vote") -> np.ndarray:
-    """Resize a train-id map. 'vote': per-class area share, argmax (keeps thin lanes that
-    nearest-neighbour drops); 'nearest': plain nearest neighbour. Ignore competes as a class."""
+# Label resize rules; both sample around pixel centres, like the image path (INTER_AREA /
+# INTER_LINEAR). cv2.INTER_NEAREST samples the top-left of each source block instead, which put
+# training labels ~2 full-size pixels off their images (768x256: -2.2 px in x, -1.5 px in y).
+LABEL_RESIZE_RULES = ("vote", "nearest")
+# Bump when a rule's output changes: the resized cache is keyed on it and rebuilt.
+LABEL_RESIZE_VERSION = 2
+
+
+def resize_label(train_ids: np.ndarray, size: tuple[int, int], mode: str = "vote") -> np.ndarray:
+    """Resize a train-id map around pixel centres.
+
+    'vote': each target pixel takes the value with the largest area share of its source block
+    (INTER_AREA on one 0/255 mask per present value; ties go to the lower value; ignore competes
+    like a class). 'nearest': the source pixel under each target pixel's centre
+    (cv2.INTER_NEAREST_EXACT). Enlarging uses 'nearest' in both modes."""
+    if mode not in LABEL_RESIZE_RULES:
+        raise ValueError(f"label resize rule must be one of {list(LABEL_RESIZE_RULES)}, got {mode!r}")
     w, h = size
     if (train_ids.shape[1], train_ids.shape[0]) == (w, h):
         return train_ids
-    if mode == "nearest" or (w >= train_ids.shape[1] and h >= train_ids.shape[0]):
-        return cv2.resize(train_ids, (w, h), interpolation=cv2.INTER_NEAREST)
-    # per present value, its area share in each target pixel (INTER_AREA on a 0/255 mask);
-    # the value with the largest share wins. Ignore competes like a class.
+    if mode == "nearest" or w >= train_ids.shape[1] or h >= train_ids.shape[0]:
+        return cv2.resize(train_ids, (w, h), interpolation=cv2.INTER_NEAREST_EXACT)
     present = np.flatnonzero(cv2.calcHist([train_ids], [0], None, [256], [0, 256]).ravel())
     best = np.full((h, w), -1, np.int16)
     out = np.zeros((h, w), np.uint8)

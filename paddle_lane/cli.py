@@ -90,9 +90,12 @@ def cmd_train(args, argv: list[str]) -> int:
         return _launch_distributed(args, argv)
     # one card id selects that card; without --gpus the device follows --device / the launcher
     device = f"gpu:{gpus[0]}" if len(gpus) == 1 else args.device
-    from paddle_lane.engine.trainer import Trainer, TrainingStopped
+    from paddle_lane.engine.trainer import Trainer, TrainingInterrupted, TrainingStopped
     try:
         results = Trainer(cfg, resume=args.resume, device=device).run()
+    except TrainingInterrupted as exc:
+        print(str(exc), file=sys.stderr)
+        return 128 + exc.signum  # 143 for SIGTERM, as a shell reports a process it terminated
     except TrainingStopped as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
@@ -107,8 +110,11 @@ def cmd_train(args, argv: list[str]) -> int:
     import paddle.distributed as dist
     if dist.get_rank() == 0:
         for r in results:
-            print(f"stage {r.stage}: best mIoU {r.best_miou:.4f} at iter {r.best_iter} (ran {r.last_iter}"
-                  f"{', stopped early' if r.stopped_early else ''}) -> {r.best_dir}")
+            if not r.validated:
+                print(f"stage {r.stage}: not validated; best = last iteration {r.last_iter} -> {r.best_dir}")
+                continue
+            print(f"stage {r.stage}: best mIoU {r.best_miou:.4f} (leaderboard scoring) at iter {r.best_iter} "
+                  f"(ran {r.last_iter}{', stopped early' if r.stopped_early else ''}) -> {r.best_dir}")
     return 0
 
 

@@ -45,6 +45,7 @@ class DataConfig:
     use_cache: bool = True              # read prepare's resized cache when present
     label_resize: str = "nearest"       # nearest (centre-exact) | vote (area majority); see data_prep/resize.py
     num_workers: int = 2
+    loader_timeout: float = 300.0       # s without a batch before a stalled loader ends the run; 0 = off
     oversample_rare: float = 0.0        # >0: frames with rare classes drawn more often (weight 1 + x)
     mean: list = field(default_factory=lambda: [0.485, 0.456, 0.406])
     std: list = field(default_factory=lambda: [0.229, 0.224, 0.225])
@@ -339,6 +340,7 @@ def validate(cfg: Config) -> None:
         ("prepare.stats_reduce", cfg.prepare.stats_reduce in (1, 2, 4, 8), "must be 1, 2, 4 or 8"),
         ("data.crop_offset", 0 <= cfg.data.crop_offset < 1710, "must be in [0, 1710)"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
+        ("data.loader_timeout", cfg.data.loader_timeout >= 0, "must be >= 0 (0 = no limit)"),
         ("data.mean", len(cfg.data.mean) == 3, "must have 3 values"),
         ("data.std", len(cfg.data.std) == 3 and all(s > 0 for s in cfg.data.std), "must have 3 positive values"),
         ("augment.hflip", 0 <= cfg.augment.hflip <= 1, "must be a probability in [0, 1]"),

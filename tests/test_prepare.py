@@ -2,6 +2,7 @@
 cleaning rules, stats, cache, CLI and worker-count independence."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 import subprocess
@@ -245,6 +246,15 @@ def test_cleaning_rules_drop_and_list_frames(copy, tmp_path):
 
 # ----------------------------------------------------------------------------- cache
 
+def centre_sampled(ids: np.ndarray, size) -> np.ndarray:
+    """Reference for the default label rule: the source pixel under each target pixel's centre
+    (a centre on a pixel border takes the lower pixel)."""
+    w, h = size
+    ys = np.ceil((np.arange(h) + 0.5) * ids.shape[0] / h - 1).astype(int)
+    xs = np.ceil((np.arange(w) + 0.5) * ids.shape[1] / w - 1).astype(int)
+    return ids[ys][:, xs]
+
+
 CACHE_YAML = """
 data: {crop_offset: 77}
 prepare: {cache: true}
@@ -271,8 +281,7 @@ def test_cache_writes_stage_sizes_and_is_reused(dataset, tmp_path):
         img = read_image(folder / f"{p['key']}.jpg")
         lab = read_label(folder / f"{p['key']}_label.png")
         assert img.shape == (h, w, 3) and lab.shape == (h, w)
-        want = cv2.resize(scheme.encode(read_label(p["label"])[OFFSET:]), (w, h), interpolation=cv2.INTER_NEAREST)
-        np.testing.assert_array_equal(lab, want)
+        np.testing.assert_array_equal(lab, centre_sampled(scheme.encode(read_label(p["label"])[OFFSET:]), (w, h)))
     stamps = {f: f.stat().st_mtime_ns for f in (out / "cache").rglob("*.*")}
     second = prepare(dataset["root"], out, cfg, workers=1)
     for counts in second.cache.values():
@@ -327,3 +336,27 @@ def test_two_workers_give_the_same_lists_as_one(copy, tmp_path):
     run(root, tmp_path / "w2", workers=2)
     for name in ("train.csv", "val.csv", "problems.csv"):
         assert (tmp_path / "w1" / name).read_bytes() == (tmp_path / "w2" / name).read_bytes(), name
+
+
+def test_cache_folder_follows_every_input_of_its_files(tmp_path, monkeypatch):
+    """Offset, size, ignore policy, label rule, the scheme's table content and the rule's
+    version each give another cache folder; the same inputs give the same folder."""
+    import data_prep.cache as cache
+    from data_prep.labels import Scheme
+    scheme = load_scheme("apollo8")
+    base = cache.cache_dir(tmp_path, 690, (768, 256), scheme, "background", "nearest")
+    assert base == cache.cache_dir(tmp_path, 690, (768, 256), load_scheme("apollo8"), "background", "nearest")
+    variants = [cache.cache_dir(tmp_path, 672, (768, 256), scheme, "background", "nearest"),
+                cache.cache_dir(tmp_path, 690, (1024, 384), scheme, "background", "nearest"),
+                cache.cache_dir(tmp_path, 690, (768, 256), scheme, "ignore", "nearest"),
+                cache.cache_dir(tmp_path, 690, (768, 256), scheme, "background", "vote")]
+    # same scheme name, one id moved to another class: an edited scheme file
+    moved = [c if c.name != "parking" else type(c)(c.name, c.ids + (250,), c.submit_id) for c in scheme.classes]
+    moved = [c if c.name != "reduction_noparking_others" else type(c)(c.name, tuple(i for i in c.ids if i != 250),
+                                                                      c.submit_id) for c in moved]
+    edited = dataclasses.replace(scheme, classes=tuple(moved))
+    assert isinstance(edited, Scheme) and not np.array_equal(edited.train_lut("background"), scheme.train_lut("background"))
+    variants.append(cache.cache_dir(tmp_path, 690, (768, 256), edited, "background", "nearest"))
+    monkeypatch.setattr(cache, "LABEL_RESIZE_VERSION", cache.LABEL_RESIZE_VERSION + 1)
+    variants.append(cache.cache_dir(tmp_path, 690, (768, 256), scheme, "background", "nearest"))
+    assert len({base, *variants}) == len(variants) + 1

@@ -9,13 +9,14 @@ import pandas as pd
 import paddle
 
 from paddle_lane.data.transforms import FULL_SIZE, FrameSource, augment, normalize
+from data_prep.procs import die_with_parent
 
 
-def loader_worker_init(_worker_id: int) -> None:
-    """One OpenCV thread per loader worker: the workers are the parallelism, and cv2's own
-    threads would only oversubscribe the cores."""
-    import cv2
-    cv2.setNumThreads(1)
+def loader_worker_init(worker_id: int) -> None:
+    """Loader workers die with the trainer. OpenCV is not touched here: its thread count (1)
+    is inherited from the parent (data_prep/__init__.py), and resizing the inherited pool in a
+    forked child is what deadlocked."""
+    die_with_parent(worker_id)
 
 
 def read_list(path: str | Path, need_labels: bool = True, allow_empty: bool = False) -> pd.DataFrame:

@@ -31,7 +31,7 @@ class FrameSource:
         scheme = load_scheme(cfg.data.scheme)
         folder = None
         if cfg.data.use_cache:
-            folder = cache_dir(cfg.data.lists_dir, cfg.data.crop_offset, size, scheme.name,
+            folder = cache_dir(cfg.data.lists_dir, cfg.data.crop_offset, size, scheme,
                                cfg.data.ignore_policy, cfg.data.label_resize)
             folder = folder if folder.is_dir() else None
         return cls(scheme, scheme.train_lut(cfg.data.ignore_policy), cfg.data.crop_offset, size,
@@ -75,7 +75,7 @@ def random_scale_crop(rgb, lab, scale_range, rng) -> tuple[np.ndarray, np.ndarra
     s = float(rng.uniform(lo, hi))
     nw, nh = max(1, int(round(w * s))), max(1, int(round(h * s)))
     rgb = cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR)
-    lab = cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST)
+    lab = cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST_EXACT)  # centre-aligned, as the image
     if nh < h or nw < w:
         ph, pw = max(0, h - nh), max(0, w - nw)
         rgb = cv2.copyMakeBorder(rgb, 0, ph, 0, pw, cv2.BORDER_CONSTANT, value=(0, 0, 0))

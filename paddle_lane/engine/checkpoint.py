@@ -1,10 +1,14 @@
 """Checkpoints: one folder per save (model, optimizer, LR and run state), written to a
-temp folder and renamed, so a killed run never leaves a half-written checkpoint."""
+temp folder and renamed, so a killed run never leaves a half-written checkpoint. state.json
+holds each file's size and SHA-256, so a checkpoint damaged later (a truncated copy, a full
+disk) is recognised and --resume falls back to the newest intact one."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -24,7 +28,8 @@ def save_checkpoint(folder: str | Path, model, optimizer=None, state: dict | Non
         paddle.save(model.state_dict(), str(tmp / MODEL_FILE))
         if optimizer is not None:
             paddle.save(portable_optimizer_state(model, optimizer), str(tmp / OPTIM_FILE))
-        (tmp / STATE_FILE).write_text(json.dumps(state or {}, indent=2))
+        files = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}
+        (tmp / STATE_FILE).write_text(json.dumps({**(state or {}), "files": files}, indent=2))
         if folder.exists():
             old = folder.with_name(f".{folder.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -61,9 +66,61 @@ def load_optimizer_state(model, optimizer, path: str | Path) -> None:
     optimizer.set_state_dict(_rename_keys(paddle.load(str(path)), from_struct))
 
 
+def file_digest(path: Path) -> dict:
+    """{"bytes": size, "sha256": hex digest} of a file, read in 1 MiB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return {"bytes": path.stat().st_size, "sha256": h.hexdigest()}
+
+
 def read_state(folder: str | Path) -> dict:
+    """state.json of a checkpoint ({} when absent); an unreadable one is a one-line error naming it."""
     path = Path(folder) / STATE_FILE
-    return json.loads(path.read_text()) if path.exists() else {}
+    if not path.exists():
+        return {}
+    try:
+        state = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a valid checkpoint state ({exc})") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: not a valid checkpoint state (expected a JSON object)")
+    return state
+
+
+def checkpoint_damage(folder: str | Path) -> str | None:
+    """Why a checkpoint cannot be trusted, or None when every recorded file matches its digest.
+    Checkpoints written before digests were recorded are checked for presence only."""
+    folder = Path(folder)
+    try:
+        state = read_state(folder)
+    except ValueError as exc:
+        return str(exc)
+    files = state.get("files") or {MODEL_FILE: None}
+    for name, want in files.items():
+        path = folder / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if want is None:
+            continue
+        if path.stat().st_size != want["bytes"]:
+            return f"{name} has {path.stat().st_size} bytes, {want['bytes']} were written"
+        if file_digest(path)["sha256"] != want["sha256"]:
+            return f"{name} does not match its SHA-256"
+    return None
+
+
+def newest_intact_checkpoint(run_dir: str | Path, warn: bool = True) -> Path | None:
+    """The newest periodic checkpoint whose files match their digests; each damaged newer one
+    is named in a warning and skipped."""
+    for path in reversed(list_checkpoints(run_dir)):
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        if warn:
+            print(f"warning: checkpoint {path} is damaged ({damage}); trying an older one", file=sys.stderr)
+    return None
 
 
 def resolve_weights(path: str | Path) -> Path:
@@ -91,13 +148,17 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     found = []
     for p in Path(run_dir).glob("stage*/iter_*"):
         if p.is_dir() and (p / STATE_FILE).exists():
-            st = read_state(p)
+            try:
+                st = read_state(p)
+            except ValueError:  # listed by its folder name; checkpoint_damage() reports it
+                st = {"stage": int(p.parent.name[5:] or 0) if p.parent.name[5:].isdigit() else 0,
+                      "iter": int(p.name[5:]) if p.name[5:].isdigit() else 0}
             found.append((st.get("stage", 0), st.get("iter", 0), p))
     return [p for _, _, p in sorted(found)]
 
 
 def prune(run_dir: str | Path, stage: int, keep_last: int) -> None:
     """Keep the newest `keep_last` periodic checkpoints of a stage."""
-    ckpts = [p for p in list_checkpoints(run_dir) if read_state(p).get("stage") == stage]
+    ckpts = [p for p in list_checkpoints(run_dir) if p.parent.name == f"stage{stage}"]
     for p in ckpts[:-keep_last]:
         shutil.rmtree(p, ignore_errors=True)

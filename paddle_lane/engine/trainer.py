@@ -5,6 +5,9 @@ from __future__ import annotations
 
 import json
 import math
+import signal
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,12 +21,14 @@ from data_prep.labels import load_scheme
 from paddle_lane.config import Config, save_config
 from paddle_lane.data.dataset import (LaneDataset, StageBatchSampler, loader_worker_init, rare_class_weights,
                                       read_list)
-from paddle_lane.data.transforms import FrameSource, denormalize
+from paddle_lane.data.transforms import FrameSource
 from paddle_lane.device import is_gpu, select_device
-from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights, prune,
-                                           read_state, save_checkpoint)
+from data_prep.procs import StallWatchdog
+from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights,
+                                           newest_intact_checkpoint, prune, read_state, save_checkpoint)
 from paddle_lane.engine.monitor import Monitor
 from paddle_lane.engine.schedules import IterLR, build_optimizer
+from paddle_lane.engine.validation import sample_val_rows, validate_frames
 from paddle_lane.losses import build_loss
 from paddle_lane.metrics import SegMetric, metric_to_jsonable
 from paddle_lane.models import build_model, set_backbone_trainable
@@ -31,6 +36,14 @@ from paddle_lane.models import build_model, set_backbone_trainable
 
 class TrainingStopped(RuntimeError):
     """Raised for a NaN or exploding loss; the last good checkpoint is kept."""
+
+
+class TrainingInterrupted(RuntimeError):
+    """Raised after SIGTERM/SIGINT once a resumable checkpoint of the current iteration is written."""
+
+    def __init__(self, message: str, signum: int):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -41,6 +54,7 @@ class StageResult:
     last_iter: int
     stopped_early: bool
     best_dir: str
+    validated: bool = True  # False: no val frames, "best" is the last iteration
 
 
 def load_stats(cfg: Config) -> dict:
@@ -81,8 +95,12 @@ class Trainer:
         self.val_df = read_list(val_path, allow_empty=True) if val_path.exists() else None
         if self.val_df is not None and self.val_df.empty:  # val_fraction 0: train without validation
             self.val_df = None
-        if self.val_df is not None and cfg.train.max_val_images > 0:
-            self.val_df = self.val_df.head(cfg.train.max_val_images)
+        if self.val_df is None:
+            if self.rank == 0:
+                print(f"warning: no validation frames ({val_path} {'is empty' if val_path.exists() else 'is missing'}): "
+                      "each stage's 'best' checkpoint is its last iteration", file=sys.stderr)
+        else:
+            self.val_df = sample_val_rows(self.val_df, cfg.train.max_val_images, cfg.train.seed)
         self.amp = self._amp_level()
         paddle.seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
@@ -117,7 +135,7 @@ class Trainer:
                                     start_batch=start_iter)
         loader = paddle.io.DataLoader(train_ds, batch_sampler=sampler, num_workers=d.num_workers,
                                       use_shared_memory=d.num_workers > 0, worker_init_fn=loader_worker_init)
-        return loader, len(train_ds), source
+        return loader, sampler, len(train_ds), source
 
     def _class_weights(self):
         return self.stats.get("class_weights")
@@ -126,26 +144,56 @@ class Trainer:
     def run(self) -> list[StageResult]:
         start_stage, resume_state, resume_dir = 0, None, None
         if self.resume:
-            ckpts = list_checkpoints(self.out)
-            if ckpts:
-                resume_dir = ckpts[-1]
+            resume_dir = newest_intact_checkpoint(self.out, warn=self.main)
+            if resume_dir is not None:
                 resume_state = read_state(resume_dir)
                 start_stage = resume_state["stage"]
+                if self.main and not self.quiet:
+                    print(f"resuming from {resume_dir}")
                 if resume_state.get("stage_done"):
                     start_stage += 1
                     resume_state, resume_dir = None, None
-                if self.main and not self.quiet:
-                    print(f"resuming from {ckpts[-1]}")
             elif self.main:
                 print(f"no checkpoint in {self.out}; starting from scratch")
         results = []
-        for i in range(len(self.cfg.stages)):
-            if i < start_stage:
-                continue
-            results.append(self.run_stage(i, resume_state if i == start_stage else None,
-                                          resume_dir if i == start_stage else None))
-        self.monitor.close()
+        previous = self._catch_signals()
+        try:
+            for i in range(len(self.cfg.stages)):
+                if i < start_stage:
+                    continue
+                results.append(self.run_stage(i, resume_state if i == start_stage else None,
+                                              resume_dir if i == start_stage else None))
+        finally:
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+            self.monitor.close()
         return results
+
+    def _catch_signals(self) -> dict:
+        """SIGTERM (a scheduler, a preempted node) and SIGINT only set a flag: the loop then
+        writes a resumable checkpoint of the current iteration and stops (TrainingInterrupted)."""
+        self._signal = None
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+
+        def on_signal(signum, _frame):
+            self._signal = signum
+
+        return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def _stop_if_signalled(self, stage_dir: Path, model, optimizer, state: dict) -> None:
+        if self._signal is None:
+            return
+        name = signal.Signals(self._signal).name
+        if self.main:
+            path = save_checkpoint(stage_dir / f"iter_{state['iter']:07d}", model, optimizer,
+                                   {**state, "stopped_by": name})
+            prune(self.out, state["stage"], self.cfg.train.keep_last)
+            msg = (f"stopped by {name} at stage {state['stage']} iteration {state['iter']}; checkpoint {path}; "
+                   f"continue with: ./run.sh train --config {self.cfg.source} --resume")
+        else:
+            msg = f"stopped by {name}"
+        raise TrainingInterrupted(msg, self._signal)
 
     def _init_weights(self, model, stage_idx: int):
         """Stage > 0 starts from the previous stage's best weights."""
@@ -179,16 +227,13 @@ class Trainer:
             lr.set_state_dict({"last_epoch": resume_state["iter"], "last_lr": resume_state["lr"]})
             it, best_iter, bad_vals = resume_state["iter"], resume_state["best_iter"], resume_state["bad_vals"]
             best = resume_state["best_miou"]
-            reseed(cfg.train.seed, stage_idx, it, self.rank)
 
-        loader, n_train, source = self._train_loader(stage_idx, it)
-        val_ds = None
-        if self.val_df is not None:
-            val_ds = LaneDataset(self.val_df, FrameSource.from_config(cfg, (st.width, st.height)),
-                                 cfg.data.mean, cfg.data.std, None)
+        loader, sampler, n_train, source = self._train_loader(stage_idx, it)
+        val = self._val_predictor(net, (st.width, st.height)) if self.val_df is not None else None
         if self.main and not self.quiet:
             print(f"stage {stage_idx}: {st.width}x{st.height}, batch {st.batch_size} x {self.world} rank(s), "
-                  f"{st.iters} iters, lr {st.lr}, {n_train} train / {len(val_ds) if val_ds else 0} val frames, "
+                  f"{st.iters} iters, lr {st.lr}, {n_train} train / "
+                  f"{len(self.val_df) if self.val_df is not None else 0} val frames, "
                   f"cache {'on' if source.cache_folder else 'off'}")
         frozen = cfg.model.freeze_backbone_iters > it
         set_backbone_trainable(model, not frozen)
@@ -196,16 +241,35 @@ class Trainer:
                    dynamic_ncols=True)
         stopped_early = False
         net.train()
+        watchdog = StallWatchdog(cfg.data.loader_timeout, f"checkpoints are kept in {self.out}; continue with --resume")
+        expected = iter(sampler)  # the same batches as the loader's, to name what a stall waits for
+        keys = self.train_df["key"].astype(str).tolist()
+
+        def state_now(**extra) -> dict:
+            return {"stage": stage_idx, "iter": it, "lr": lr.last_lr,
+                    "best_miou": best if math.isfinite(best) else -1.0, "best_iter": best_iter,
+                    "bad_vals": bad_vals, "stage_done": it >= st.iters, "size": [st.width, st.height], **extra}
+
         batches = iter(loader)
         try:
-            t_fetch = time.perf_counter()
-            for images, labels in batches:
+            t_fetch = self._since_val = time.perf_counter()
+            while True:
+                self._stop_if_signalled(stage_dir, model, optimizer, state_now())
+                awaited = [keys[g % n_train] for g in next(expected, [])]
+                watchdog.arm(f"stage {stage_idx} iteration {it + 1}/{st.iters}: waiting for a batch of "
+                             f"{', '.join(awaited[:4])}{' ...' if len(awaited) > 4 else ''}")
+                batch = next(batches, None)
+                watchdog.disarm()
+                if batch is None:
+                    break
+                images, labels = batch
                 t_data = time.perf_counter() - t_fetch
                 if frozen and it >= cfg.model.freeze_backbone_iters:
                     set_backbone_trainable(model, True)
                     frozen = False
                 t0 = time.perf_counter()
                 labels = labels.astype("int64")
+                reseed(cfg.train.seed, stage_idx, it, self.rank)  # resumable at any iteration, bit for bit
                 loss_value, terms, cur_lr = self._step(net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx, it)
                 it += 1
                 self.history.append((stage_idx, it, loss_value))
@@ -216,15 +280,11 @@ class Trainer:
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", ips=f"{ips:.1f}")
                 bar.update(1)
                 if it % cfg.train.val_interval == 0 or it == st.iters:
-                    miou = self.validate(net, val_ds, stage_idx, it)
-                    improved = miou > best if val_ds is not None else True
+                    miou = self.validate(net, val, stage_idx, it)
+                    improved = miou > best if val is not None else True
                     best, best_iter, bad_vals = (miou, it, 0) if improved else (best, best_iter, bad_vals + 1)
-                    state = {"stage": stage_idx, "iter": it, "lr": lr.last_lr,
-                             "best_miou": best if math.isfinite(best) else -1.0, "best_iter": best_iter,
-                             "bad_vals": bad_vals, "val_miou": miou, "stage_done": it >= st.iters,
-                             "size": [st.width, st.height], "loss": loss_value}
+                    state = state_now(val_miou=miou, loss=loss_value)
                     self._save(stage_dir, model, optimizer, state, improved)
-                    reseed(cfg.train.seed, stage_idx, it, self.rank)
                     net.train()
                     if cfg.train.patience and bad_vals >= cfg.train.patience and it < st.iters:
                         stopped_early = True
@@ -233,6 +293,7 @@ class Trainer:
                         break
                 t_fetch = time.perf_counter()
         finally:
+            watchdog.close()
             bar.close()
             shutdown = getattr(batches, "_try_shutdown_all", None)
             if shutdown is not None:  # early stop or error: release the loader's worker processes
@@ -243,7 +304,7 @@ class Trainer:
             save_checkpoint(last, model, optimizer, {**read_state(last), "stage_done": True})
         if self.world > 1:
             dist.barrier()
-        return StageResult(stage_idx, best, best_iter, it, stopped_early, str(stage_dir / "best"))
+        return StageResult(stage_idx, best, best_iter, it, stopped_early, str(stage_dir / "best"), val is not None)
 
     def _step(self, net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx: int, it: int):
         """Forward, loss, backward, optimiser and LR step; stops the run on a NaN or exploding loss."""
@@ -278,26 +339,23 @@ class Trainer:
         prune(self.out, state["stage"], self.cfg.train.keep_last)
 
     # ------------------------------------------------------------------ validation
+    def _val_predictor(self, net, size: tuple[int, int]):
+        """The inference path for the network being trained: no TTA, the stage size."""
+        from paddle_lane.infer.predictor import Predictor
+        return Predictor(self.cfg, models=[(net, size)], flip=False, scales=[1.0], device=self.device)
+
     @paddle.no_grad()
-    def validate(self, net, val_ds, stage_idx: int, it: int) -> float:
-        """mIoU (8 classes) on this rank's share of val, confusion summed over ranks."""
-        if val_ds is None:
+    def validate(self, net, predictor, stage_idx: int, it: int) -> float:
+        """Leaderboard mIoU (8 classes) at full size (engine/validation.py) on this rank's
+        share of val, confusion summed over ranks."""
+        if predictor is None:
             return float("nan")
         net.eval()
-        metric = SegMetric(self.scheme.num_classes, self.scheme.class_names)
-        idx = list(range(self.rank, len(val_ds), self.world))
-        sampler = _FixedBatches([idx[i:i + 1] for i in range(len(idx))])
-        loader = paddle.io.DataLoader(val_ds, batch_sampler=sampler, num_workers=self.cfg.data.num_workers,
-                                      use_shared_memory=self.cfg.data.num_workers > 0)
-        shown = []
-        for k, (images, labels) in enumerate(loader):
-            logits = net(images)
-            pred = paddle.argmax(logits, axis=1).numpy().astype(np.uint8)
-            gt = labels.numpy()
-            metric.update(pred, gt)
-            if self.main and len(shown) < self.cfg.train.vis_images:
-                rgb = denormalize(images.numpy()[0], self.cfg.data.mean, self.cfg.data.std)
-                shown.append((rgb, gt[0].astype(np.uint8), pred[0]))
+        t0 = time.perf_counter()
+        rows = self.val_df.iloc[self.rank::self.world]
+        res = validate_frames(predictor, rows, self.scheme, self.cfg.data.num_workers,
+                              self.cfg.train.vis_images if self.main else 0)
+        metric = res.metric
         conf = paddle.to_tensor(metric.confusion.astype(np.int64))
         if self.world > 1:
             dist.all_reduce(conf)
@@ -305,23 +363,14 @@ class Trainer:
             metric.merge(conf.numpy())
         result = metric.compute()
         if self.main:
-            self.monitor.validation(stage_idx, it, result, metric.table(), shown, self.cfg.data, self.scheme)
-            record = {"stage": stage_idx, "iter": it, "ranks": self.world, "frames": len(val_ds),
+            self.monitor.validation(stage_idx, it, result, metric.table(), res.shown, self.cfg.data, self.scheme)
+            record = {"stage": stage_idx, "iter": it, "ranks": self.world, "frames": len(self.val_df),
+                      "unreadable": len(res.unreadable), "scoring": "leaderboard: full size, evaluation mapping",
+                      "seconds": round(time.perf_counter() - t0, 3),
+                      "train_seconds": round(t0 - self._since_val, 3),  # since the stage start or last validation
                       **metric_to_jsonable({k: result[k] for k in ("miou", "miou_lanes", "pixel_accuracy", "per_class")})}
             with open(self.out / "metrics.jsonl", "a") as fh:  # append-only log; one line per validation
                 fh.write(json.dumps(record) + "\n")
+        self._since_val = time.perf_counter()
         miou = result["miou"]
         return float(miou) if miou is not None and math.isfinite(miou) else 0.0
-
-
-class _FixedBatches(paddle.io.BatchSampler):
-    """A given list of batches (validation shards)."""
-
-    def __init__(self, batches):
-        self._batches = batches
-
-    def __iter__(self):
-        return iter(self._batches)
-
-    def __len__(self):
-        return len(self._batches)

@@ -6,6 +6,10 @@ area-averaged down to the stage size. They go back to full size through exactly 
 post-processing inference uses (probs_to_ids: bilinear up, argmax, decode), and are
 scored like a submission. If the geometry is right, the best shift is 0 (no 4-pixel hack).
 
+The label half: a model that reproduces its stage-size training labels exactly (as the
+cache or the on-the-fly loader makes them with `data.label_resize`) sent through the same
+post-processing. Labels resized off-centre show up here as a best shift other than 0.
+
     python -m paddle_lane.infer.alignment --data ../shared/apollo_dev --frames 30
 """
 from __future__ import annotations
@@ -19,11 +23,11 @@ import numpy as np
 
 from data_prep.label_io import read_label
 from data_prep.labels import Scheme, apply_lut, load_scheme
-from data_prep.resize import crop_top
+from data_prep.resize import LABEL_RESIZE_RULES, crop_top, resize_label
 from paddle_lane.infer.predictor import probs_to_ids
 from paddle_lane.metrics import SegMetric, packed_confusion, pair_code_lut
 
-MODES = ("area", "nearest")
+MODES = ("area", "nearest") + tuple(f"label-{rule}" for rule in LABEL_RESIZE_RULES)
 
 
 def perfect_probs(train_crop: np.ndarray, size: tuple[int, int], num_classes: int) -> np.ndarray:
@@ -33,16 +37,30 @@ def perfect_probs(train_crop: np.ndarray, size: tuple[int, int], num_classes: in
     return np.stack(planes)
 
 
+def one_hot(train_ids: np.ndarray, num_classes: int) -> np.ndarray:
+    """CxHxW float32 one-hot planes of a train-id map (ignore values get no plane)."""
+    return np.stack([(train_ids == c).astype(np.float32) for c in range(num_classes)])
+
+
+def labels_to_ids(stage_labels: np.ndarray, offset: int, full_size: tuple[int, int], scheme: Scheme) -> np.ndarray:
+    """Full-size Apollo ids of a model that outputs exactly these stage-size training labels."""
+    return probs_to_ids(one_hot(stage_labels, scheme.num_classes), offset, full_size, scheme)
+
+
 def round_trip(train_full: np.ndarray, size: tuple[int, int], offset: int, scheme: Scheme, mode: str) -> np.ndarray:
     """Full-size Apollo ids a perfect model yields at `size`.
 
     'area': area-averaged probabilities back through inference's probs_to_ids.
     'nearest': nearest-neighbour down and up (the winners' pipeline).
+    'label-<rule>': the stage-size training label made by resize_label(rule), one-hot, back
+    through probs_to_ids (what a model that learned its training labels exactly yields).
     """
     full_size = (train_full.shape[1], train_full.shape[0])
     crop = crop_top(train_full, offset)
     if mode == "area":
         return probs_to_ids(perfect_probs(crop, size, scheme.num_classes), offset, full_size, scheme)
+    if mode.startswith("label-") and mode[len("label-"):] in LABEL_RESIZE_RULES:
+        return labels_to_ids(resize_label(crop, size, mode[len("label-"):]), offset, full_size, scheme)
     if mode == "nearest":
         small = cv2.resize(crop, size, interpolation=cv2.INTER_NEAREST)
         out = np.zeros_like(train_full)
@@ -66,27 +84,24 @@ def _scores(metric: SegMetric) -> dict:
     return {"miou": r["miou"], "miou_lanes": r["miou_lanes"]}
 
 
-def resolution_ceiling(label_paths: Sequence[str | Path], size: tuple[int, int], offset: int = 690,
-                       shifts: Iterable[int] = range(-4, 5), mode: str = "area",
-                       scheme: Scheme | str = "apollo8") -> dict:
-    """mIoU of a perfect model at a stage size over these labels (one confusion over all frames),
-    and the same with the output shifted horizontally (dx) and vertically (dy) by each shift.
+def score_shifts(frames: Iterable[tuple[np.ndarray, np.ndarray]], scheme: Scheme,
+                 shifts: Iterable[int] = range(-4, 5)) -> dict:
+    """Score (full-size predicted Apollo ids, ground-truth Apollo ids) pairs like the leaderboard
+    (one confusion over all frames), and the same with the prediction shifted horizontally (dx)
+    and vertically (dy) by each shift.
 
     Shift scores are computed on the interior (a margin of max |shift| pixels) so every shift sees
-    the same pixels. Best shifts are chosen by mIoU (8 classes)."""
-    scheme = load_scheme(scheme) if isinstance(scheme, str) else scheme
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    the same pixels. Best shifts are chosen by mIoU (8 classes); ties go to the smaller shift."""
     shifts = sorted(set(int(s) for s in shifts) | {0})
     margin = max(abs(s) for s in shifts)
     n, names = scheme.num_classes, scheme.class_names
     total = SegMetric(n, names)
     by_dx = {s: SegMetric(n, names) for s in shifts}
     by_dy = {s: SegMetric(n, names) for s in shifts}
-    train_lut, gt_lut, pred_lut = scheme.train_lut("background"), scheme.eval_lut(), scheme.pred_lut()
-    for path in label_paths:
-        ids = read_label(path)
-        pred = apply_lut(round_trip(apply_lut(ids, train_lut), size, offset, scheme, mode), pred_lut)
+    gt_lut, pred_lut = scheme.eval_lut(), scheme.pred_lut()
+    count = 0
+    for pred_ids, ids in frames:
+        pred = apply_lut(pred_ids, pred_lut)
         gt = apply_lut(ids, gt_lut)
         total.update(pred, gt)
         # packed confusion: 17 shifted scorings a frame need the fast path
@@ -95,31 +110,49 @@ def resolution_ceiling(label_paths: Sequence[str | Path], size: tuple[int, int],
             by_dx[s].merge(packed_confusion(shifted(pred, s, 0, margin), codes, n))
             if s != 0:
                 by_dy[s].merge(packed_confusion(shifted(pred, 0, s, margin), codes, n))
+        count += 1
     by_dy[0] = by_dx[0]
     res = total.compute()
     shift_x = {s: _scores(m) for s, m in by_dx.items()}
     shift_y = {s: _scores(m) for s, m in by_dy.items()}
-    return {"size": list(size), "mode": mode, "offset": offset, "frames": len(label_paths),
-            "miou": res["miou"], "miou_lanes": res["miou_lanes"], "per_class": res["per_class"],
+    return {"frames": count, "miou": res["miou"], "miou_lanes": res["miou_lanes"], "per_class": res["per_class"],
             "shift_x": shift_x, "shift_y": shift_y,
             "best_dx": max(shifts, key=lambda s: (shift_x[s]["miou"], -abs(s))),
             "best_dy": max(shifts, key=lambda s: (shift_y[s]["miou"], -abs(s)))}
 
 
+def resolution_ceiling(label_paths: Sequence[str | Path], size: tuple[int, int], offset: int = 690,
+                       shifts: Iterable[int] = range(-4, 5), mode: str = "area",
+                       scheme: Scheme | str = "apollo8") -> dict:
+    """mIoU of a perfect model at a stage size over these labels, with its shift curves
+    (see round_trip for the modes and score_shifts for the scoring)."""
+    scheme = load_scheme(scheme) if isinstance(scheme, str) else scheme
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    train_lut = scheme.train_lut("background")
+
+    def frames():
+        for path in label_paths:
+            ids = read_label(path)
+            yield round_trip(apply_lut(ids, train_lut), size, offset, scheme, mode), ids
+
+    return {"size": list(size), "mode": mode, "offset": offset, **score_shifts(frames(), scheme, shifts)}
+
+
 # ----------------------------------------------------------------------------- report
 def format_table(results: list[dict]) -> str:
     """One line per (size, mode): ceilings and best shifts; then the shift curves."""
-    lines = [f"{'size':>10} {'mode':>8} {'mIoU(8)':>8} {'mIoU(1-7)':>9} {'best dx':>7} {'best dy':>7}"]
+    lines = [f"{'size':>10} {'mode':>14} {'mIoU(8)':>8} {'mIoU(1-7)':>9} {'best dx':>7} {'best dy':>7}"]
     for r in results:
-        lines.append(f"{r['size'][0]:>5}x{r['size'][1]:<4} {r['mode']:>8} {r['miou']:>8.4f} {r['miou_lanes']:>9.4f} "
+        lines.append(f"{r['size'][0]:>5}x{r['size'][1]:<4} {r['mode']:>14} {r['miou']:>8.4f} {r['miou_lanes']:>9.4f} "
                      f"{r['best_dx']:>7d} {r['best_dy']:>7d}")
     lines.append("")
     lines.append("mIoU (8 classes) of the interior by shift (px):")
     for r in results:
         shifts = sorted(r["shift_x"])
-        lines.append(f"{r['size'][0]}x{r['size'][1]} {r['mode']:>7} dx: "
+        lines.append(f"{r['size'][0]}x{r['size'][1]} {r['mode']:>14} dx: "
                      + " ".join(f"{s:+d}:{r['shift_x'][s]['miou']:.4f}" for s in shifts))
-        lines.append(f"{r['size'][0]}x{r['size'][1]} {r['mode']:>7} dy: "
+        lines.append(f"{r['size'][0]}x{r['size'][1]} {r['mode']:>14} dy: "
                      + " ".join(f"{s:+d}:{r['shift_y'][s]['miou']:.4f}" for s in shifts))
     return "\n".join(lines)
 
@@ -135,7 +168,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m paddle_lane.infer.alignment", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="folder with pairs.csv (label paths relative to it)")
     ap.add_argument("--sizes", default="768x256,1024x384,1536x512")
-    ap.add_argument("--modes", default="area,nearest")
+    ap.add_argument("--modes", default=",".join(MODES))
     ap.add_argument("--offset", type=int, default=690)
     ap.add_argument("--frames", type=int, default=0, help="first N frames (0 = all)")
     args = ap.parse_args(argv)

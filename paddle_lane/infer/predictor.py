@@ -24,6 +24,7 @@ from data_prep.labels import Scheme, load_scheme
 from data_prep.resize import argmax_full_size, crop_top, resize_image
 from paddle_lane.data.transforms import normalize
 from paddle_lane.device import select_device
+from data_prep.procs import StallWatchdog, die_with_parent
 from paddle_lane.engine.checkpoint import load_weights, read_state
 from paddle_lane.models import build_model
 
@@ -250,20 +251,37 @@ class Predictor:
     # ------------------------------------------------------------------ files
     def loader(self, paths: Sequence[str], batch_size: int | None = None,
                num_workers: int | None = None) -> paddle.io.DataLoader:
-        """Batches of decoded, normalized inputs; decoding runs in DataLoader workers."""
+        """Batches of decoded, normalized inputs; decoding runs in DataLoader workers that die
+        with this process."""
         workers = self.cfg.infer.num_workers if num_workers is None else num_workers
         return paddle.io.DataLoader(ImageFiles(list(paths), self), batch_size=batch_size or self.cfg.infer.batch_size,
                                     shuffle=False, drop_last=False, num_workers=workers,
-                                    use_shared_memory=workers > 0)
+                                    use_shared_memory=workers > 0, worker_init_fn=die_with_parent)
 
     def predict_files(self, paths: Sequence[str], batch_size: int | None = None, num_workers: int | None = None,
-                      progress: bool = True) -> Iterator["FileResult"]:
-        """One FileResult per path, in order: probabilities, or the reason it could not be read."""
-        bar = tqdm(total=len(paths), desc="infer", unit="img", disable=not progress, dynamic_ncols=True)
-        with bar:
-            for batch in self.loader(paths, batch_size, num_workers):
-                yield from self._batch_results(batch, paths)
-                bar.update(len(batch["index"]))
+                      progress: bool = True, timeout: float | None = None,
+                      what: str = "infer") -> Iterator["FileResult"]:
+        """One FileResult per path, in order: probabilities, or the reason it could not be read.
+        A batch that takes longer than `timeout` s (default data.loader_timeout) ends the process
+        with one line naming the awaited files."""
+        bar = tqdm(total=len(paths), desc=what, unit="img", disable=not progress, dynamic_ncols=True)
+        bs = batch_size or self.cfg.infer.batch_size
+        watchdog = StallWatchdog(self.cfg.data.loader_timeout if timeout is None else timeout)
+        done = 0
+        try:
+            with bar:
+                batches = iter(self.loader(paths, batch_size, num_workers))
+                while True:
+                    watchdog.arm(f"{what}: waiting for {', '.join(paths[done:done + bs])}")
+                    batch = next(batches, None)
+                    watchdog.disarm()
+                    if batch is None:
+                        return
+                    yield from self._batch_results(batch, paths)
+                    done += len(batch["index"])
+                    bar.update(len(batch["index"]))
+        finally:
+            watchdog.close()
 
     def _batch_results(self, batch: dict, paths: Sequence[str]) -> Iterator["FileResult"]:
         index = np.asarray(batch["index"]).ravel()
