@@ -50,7 +50,7 @@ case "$verb" in
     cd "$ROOT"
     exec "$VENV/bin/python" -m pytest "$@" ;;
   help|-h|--help)
-    sed -n '2,9p' "$0" | sed 's/^# \{0,1\}//' ;;
+    awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
   *)
     ensure_setup
     exec "$VENV/bin/paddle-lane" "$verb" "$@" ;;

@@ -125,7 +125,7 @@ def bench_tta(df, reps: int, model: str, size) -> dict:
     from paddle_lane.infer.predictor import Predictor
     from paddle_lane.models import build_model
     cfg = load_config(ROOT / "configs" / "demo_tiny.yml",
-                      ["data.crop_offset=690", f"model.name={model}", "model.backbone=ResNet18_vd",
+                      ["data.crop_offset=690", "data.frame_height=1710", f"model.name={model}", "model.backbone=ResNet18_vd",
                        "model.output_stride=16", "model.width=16",
                        f"stages=[{{width: {size[0]}, height: {size[1]}, batch_size: 1, iters: 1, lr: 0.001}}]"])
     net = build_model(cfg.model, 8)

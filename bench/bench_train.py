@@ -8,6 +8,8 @@ measured against its baseline in the same run:
    crop, resize, one mask per id, normalise), interleaved passes over the same frames.
 3. Share of each trainer step spent waiting for data, for the model of part 1 and for a
    DeepLabV3P ResNet18.
+4. Steady-state images/s of a two-stage run (validation between the stages) with 2 loader
+   workers against the same run with 0 workers, interleaved rounds.
 
     .venv/bin/python bench/bench_train.py            # default settings (~2-3 min on 2 cores)
     .venv/bin/python bench/bench_train.py --quick    # < 2 min
@@ -22,6 +24,7 @@ warnings.filterwarnings("ignore", message="No ccache found")  # printed by paddl
 warnings.filterwarnings("ignore", message="When training, we now always track")
 
 import argparse
+import signal
 import statistics
 import sys
 import tempfile
@@ -79,11 +82,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--load-rounds", type=int, default=6, help="rounds over all frames within one loader (part 2)")
     p.add_argument("--deeplab-iters", type=int, default=6, help="DeepLabV3P-R18 steps in part 3 (0 = skip, else >= 5)")
     p.add_argument("--deeplab-batch", type=int, default=2, help="DeepLabV3P-R18 batch in part 3")
+    p.add_argument("--stage-iters", type=int, default=16, help="steps per stage in part 4")
+    p.add_argument("--stage-rounds", type=int, default=2, help="interleaved (2 workers, 0 workers) rounds in part 4")
     p.add_argument("--quick", action="store_true", help="fewer steps and passes, no DeepLabV3P (< 2 min)")
     args = p.parse_args(argv)
     if args.quick:
         args.iters, args.warmup, args.rounds = min(args.iters, 8), min(args.warmup, 2), min(args.rounds, 2)
         args.passes, args.deeplab_iters = 1, 0
+        args.stage_iters, args.stage_rounds = 10, 1
     if args.iters - args.warmup < 2:
         p.error("--iters must exceed --warmup by at least 2")
     if 0 < args.deeplab_iters < 5:
@@ -107,13 +113,13 @@ def stages_opt(sizes, batch: int, iters: int) -> str:
 
 def base_opts(lists: Path, size: tuple[int, int], batch: int, iters: int) -> list[str]:
     """Overrides shared by every config of this benchmark."""
-    return [f"data.lists_dir={lists}", f"data.crop_offset={CROP_OFFSET}", stages_opt([size], batch, iters)]
+    return [f"data.lists_dir={lists}", f"data.crop_offset={CROP_OFFSET}", "data.frame_height=1710", stages_opt([size], batch, iters)]
 
 
 def prepare_lists(root: Path, tmp: Path, sizes) -> Path:
     """Lists, stats and the resized cache at the given sizes, in a temp folder."""
     lists = tmp / "prepare"
-    cfg = load_config(CONFIG, [f"data.lists_dir={lists}", f"data.crop_offset={CROP_OFFSET}",
+    cfg = load_config(CONFIG, [f"data.lists_dir={lists}", f"data.crop_offset={CROP_OFFSET}", "data.frame_height=1710",
                                stages_opt(sizes, 1, 1), "prepare.cache=true"])
     prepare(root, lists, cfg)
     return lists
@@ -122,6 +128,34 @@ def prepare_lists(root: Path, tmp: Path, sizes) -> Path:
 def all_frames(lists: Path) -> pd.DataFrame:
     """Train and val lists together (every real frame once)."""
     return pd.concat([read_list(lists / "train.csv"), read_list(lists / "val.csv")], ignore_index=True)
+
+
+# ----------------------------------------------------------------------------- part 4: two stages
+def steady_images_per_s(run: dict, stage_iters: int, batch: int, warmup: int) -> float:
+    """Images per second over each stage's steps after its first `warmup` (worker start-up,
+    the validation between stages and the last step's validation left out)."""
+    stamps = run["stamps"]
+    times = []
+    for s in range(len(stamps) // stage_iters):
+        part = stamps[s * stage_iters:(s + 1) * stage_iters]
+        times += np.diff(part[warmup:-1]).tolist() if len(part) > warmup + 2 else []
+    return batch / statistics.median(times)
+
+
+def bench_two_stages(lists: Path, tmp: Path, args) -> dict:
+    """The same two-stage run with 2 and with 0 loader workers, interleaved."""
+    sizes = [args.size, (args.size[0] * 3 // 2, args.size[1] * 3 // 2)]
+    rates: dict[int, list[float]] = {2: [], 0: []}
+    for r in range(args.stage_rounds):
+        for workers in (2, 0):
+            opts = [f"data.lists_dir={lists}", f"data.crop_offset={CROP_OFFSET}", "data.frame_height=1710",
+                    stages_opt(sizes, args.batch, args.stage_iters), f"train.output_dir={tmp / f'two_{r}_{workers}'}",
+                    f"data.num_workers={workers}", "data.use_cache=true", f"model.name={args.model}",
+                    f"model.width={args.width}", f"train.val_interval={args.stage_iters}",
+                    "train.max_val_images=2", "train.vis_images=0"]
+            run = run_trainer(load_config(CONFIG, opts))
+            rates[workers].append(steady_images_per_s(run, args.stage_iters, args.batch, args.warmup))
+    return {"w2": statistics.median(rates[2]), "w0": statistics.median(rates[0]), "rates": rates, "sizes": sizes}
 
 
 # ----------------------------------------------------------------------------- part 1 + 3: training
@@ -322,7 +356,7 @@ def row(name: str, value: str, note: str = "") -> str:
     return f"  {name:<44}{value:>14}   {note}"
 
 
-def report(args, train: dict, load: dict, deeplab: dict | None) -> str:
+def report(args, train: dict, load: dict, deeplab: dict | None, two: dict) -> str:
     """The table and the RESULT line."""
     med_ours, med_bare = statistics.median(train["ours"]), statistics.median(train["bare"])
     pooled = (med_ours / med_bare - 1.0) * 100.0
@@ -362,7 +396,14 @@ def report(args, train: dict, load: dict, deeplab: dict | None) -> str:
         lines.append(row(f"deeplabv3p {args.backbone} os16 {size} batch {args.deeplab_batch}",
                          f"{statistics.median(deeplab['shares']) * 100:.2f} %",
                          f"step {statistics.median(deeplab['steps']):.2f} s, max {max(deeplab['shares']) * 100:.1f} %"))
-    lines += ["", f"RESULT trainer_overhead={overhead:.1f}% loader_speedup={speedup:.2f}x data_wait_share={share:.2f}%"]
+    sizes = " -> ".join(f"{w}x{h}" for w, h in two["sizes"])
+    lines += ["", f"4. two-stage run {sizes}, {args.stage_iters} steps per stage, batch {args.batch}, cached real frames, "
+                  f"steady state ({args.stage_rounds} interleaved rounds)",
+              row("0 loader workers", f"{two['w0']:.2f} img/s", " ".join(f"{x:.2f}" for x in two["rates"][0])),
+              row("2 loader workers", f"{two['w2']:.2f} img/s", " ".join(f"{x:.2f}" for x in two["rates"][2])),
+              row("ratio 2 / 0 workers", f"{two['w2'] / two['w0']:.2f}x")]
+    lines += ["", f"RESULT trainer_overhead={overhead:.1f}% loader_speedup={speedup:.2f}x data_wait_share={share:.2f}% "
+                  f"two_stage_workers2_vs_0={two['w2'] / two['w0']:.2f}x"]
     return "\n".join(lines)
 
 
@@ -370,6 +411,8 @@ def main(argv=None) -> int:
     """Prepare the real frames into a temp folder, run the three parts, print the table."""
     args = parse_args(argv)
     require_real_data(args.data)
+    # SIGTERM unwinds like an error, so the temp folder below is removed when the run is killed
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench_train_") as tmpdir:
         tmp = Path(tmpdir)
@@ -383,7 +426,9 @@ def main(argv=None) -> int:
         if args.deeplab_iters:
             print("part 3: DeepLabV3P data wait", flush=True)
             deeplab = bench_deeplab_wait(lists, tmp, args)
-        print(report(args, train, load, deeplab))
+        print("part 4: two stages, 2 vs 0 loader workers", flush=True)
+        two = bench_two_stages(lists, tmp, args)
+        print(report(args, train, load, deeplab, two))
     print(f"(total {time.perf_counter() - t0:.0f} s)")
     return 0
 

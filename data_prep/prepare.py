@@ -20,6 +20,7 @@ from data_prep.cache import build_entry, cache_dir, write_cache_key
 from data_prep.frame_stats import measure_frame, measure_image
 from data_prep.io_utils import atomic_write_json, atomic_write_with
 from data_prep.labels import load_scheme
+from data_prep.resize import crop_rows
 from data_prep.scan import Frame, scan
 from data_prep.split import split_by_group
 from data_prep.weights import FORMULAS, class_weights
@@ -127,7 +128,8 @@ def build_cache(df: pd.DataFrame, lists_dir: Path, cfg, scheme, workers: int, pr
                            cfg.data.label_resize)
         folder.mkdir(parents=True, exist_ok=True)
         write_cache_key(folder, cfg.data.crop_offset, size, scheme, cfg.data.ignore_policy, cfg.data.label_resize)
-        jobs = [(r.key, r.image, r.label, str(folder), scheme, lut, cfg.data.crop_offset, size,
+        jobs = [(r.key, r.image, r.label, str(folder), scheme, lut,
+                 crop_rows(cfg.data.crop_offset, cfg.data.frame_height, int(r.height)), size,
                  cfg.data.label_resize, (int(r.width), int(r.height))) for r in df.itertuples()]
         counts = {"written": 0, "reused": 0, "error": 0}
         for res in parallel_map(build_entry, jobs, workers, f"cache {size[0]}x{size[1]}"):

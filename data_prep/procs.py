@@ -60,6 +60,6 @@ class StallWatchdog:
                 late = self._deadline is not None and time.monotonic() > self._deadline
                 context = self._context
             if late:
-                print(f"error: {context}: nothing arrived for {self.timeout:.0f} s (a data loader worker stalled)"
+                print(f"\nerror: {context}: nothing arrived for {self.timeout:.0f} s (a data loader worker stalled)"
                       f"{'; ' + self.hint if self.hint else ''}", file=sys.stderr, flush=True)
                 os._exit(EXIT_STALLED)

@@ -16,6 +16,14 @@ def crop_top(array: np.ndarray, offset: int) -> np.ndarray:
     return array[offset:]
 
 
+def crop_rows(offset: int, frame_height: int, height: int) -> int:
+    """Rows to cut from a frame `height` rows tall when the crop is `offset` rows of
+    `frame_height`-row frames: the crop follows the frame (690 of 1710 is 345 of 855)."""
+    if height == frame_height:
+        return offset
+    return int(round(offset * height / frame_height))
+
+
 def resize_image(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Area averaging when shrinking (no aliasing of thin lines), bilinear when enlarging."""
     w, h = size

@@ -41,7 +41,8 @@ class DataConfig:
     lists_dir: str = "out/prepare"      # where prepare wrote train.csv / val.csv / stats.json
     scheme: str = "apollo8"
     ignore_policy: str = "background"   # what ignoreInEval ids, 249, 255 become in training
-    crop_offset: int = 690              # rows cut from the top (sky) before resizing
+    crop_offset: int = 690              # rows cut from the top (sky) before resizing, in frames of
+    frame_height: int = 1710            # ... this height; frames of another height are cut in proportion
     use_cache: bool = True              # read prepare's resized cache when present
     label_resize: str = "nearest"       # nearest (centre-exact) | vote (area majority); see data_prep/resize.py
     num_workers: int = 2
@@ -338,7 +339,9 @@ def validate(cfg: Config) -> None:
         ("prepare.val_fraction", 0 <= cfg.prepare.val_fraction < 1, "must be in [0, 1)"),
         ("prepare.workers", cfg.prepare.workers >= 1, "must be >= 1"),
         ("prepare.stats_reduce", cfg.prepare.stats_reduce in (1, 2, 4, 8), "must be 1, 2, 4 or 8"),
-        ("data.crop_offset", 0 <= cfg.data.crop_offset < 1710, "must be in [0, 1710)"),
+        ("data.frame_height", cfg.data.frame_height > 0, "must be > 0"),
+        ("data.crop_offset", 0 <= cfg.data.crop_offset < cfg.data.frame_height,
+         f"must be in [0, data.frame_height={cfg.data.frame_height})"),
         ("data.num_workers", cfg.data.num_workers >= 0, "must be >= 0"),
         ("data.loader_timeout", cfg.data.loader_timeout >= 0, "must be >= 0 (0 = no limit)"),
         ("data.mean", len(cfg.data.mean) == 3, "must have 3 values"),

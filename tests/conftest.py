@@ -32,14 +32,14 @@ def prepared_synth(tmp_path_factory):
                  width=384, height=192, seed=3, test_frames=2)
     lists = base / "prepare"
     cfg = load_config(ROOT / "configs" / "demo_tiny.yml",
-                      [f"data.lists_dir={lists}", "data.crop_offset=76", "prepare.val_fraction=0.34"])
+                      [f"data.lists_dir={lists}", "data.crop_offset=76", "data.frame_height=192", "prepare.val_fraction=0.34"])
     prepare(raw, lists, cfg, workers=1)
     return raw, lists
 
 
 def tiny_train_opts(lists: Path, out: Path, iters: int = 40, val_interval: int = 20) -> list[str]:
     """Overrides for a fast one-stage CPU run of the lite model."""
-    return [f"data.lists_dir={lists}", f"train.output_dir={out}", "data.crop_offset=76",
+    return [f"data.lists_dir={lists}", f"train.output_dir={out}", "data.crop_offset=76", "data.frame_height=192",
             "data.num_workers=0", "data.use_cache=false",
             f"stages=[{{width: 128, height: 48, batch_size: 4, iters: {iters}, lr: 0.01}}]",
             f"train.val_interval={val_interval}", "train.log_interval=5", "train.vis_images=1",

@@ -214,3 +214,13 @@ def test_select_device_gpu_n(monkeypatch):
     _fake_cards(monkeypatch, 0)
     with pytest.raises(UserError, match="device 'gpu' needs a GPU"):
         select_device("gpu")
+
+
+def test_run_sh_help_prints_the_usage_only():
+    import subprocess
+    from conftest import ROOT
+    res = subprocess.run(["bash", str(ROOT / "run.sh"), "help"], capture_output=True, text=True, timeout=30)
+    assert res.returncode == 0
+    lines = res.stdout.splitlines()
+    assert lines[0].startswith("paddle-lane: one entry point") and any("./run.sh setup" in x for x in lines)
+    assert not any("set -" in x or "ROOT=" in x for x in lines), lines

@@ -71,7 +71,7 @@ def test_augment_is_deterministic_and_consistent():
 
 def test_dataset_epochs_draw_different_augmentations(prepared_synth):
     _, lists = prepared_synth
-    cfg = load_config(ROOT / "configs" / "demo_tiny.yml", [f"data.lists_dir={lists}", "data.crop_offset=76"])
+    cfg = load_config(ROOT / "configs" / "demo_tiny.yml", [f"data.lists_dir={lists}", "data.crop_offset=76", "data.frame_height=192"])
     df = read_list(lists / "train.csv")
     ds = LaneDataset(df, FrameSource.from_config(cfg, (96, 32)), cfg.data.mean, cfg.data.std,
                      AugmentConfig(color_jitter=0.3), seed=0)

@@ -24,6 +24,7 @@ from paddle_lane.config import load_config
 from paddle_lane.data.dataset import LaneDataset
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.engine.checkpoint import save_checkpoint
+from paddle_lane import cli
 from paddle_lane.infer import commands
 from paddle_lane.infer.predictor import Predictor, inputs_from_file, window_starts
 from paddle_lane.infer.submission import validate_submission, write_submission, zip_path_for
@@ -33,7 +34,7 @@ from paddle_lane.models import build_model
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 W, H, OFFSET = 384, 192, 76
 SIZE = (128, 48)
-OPTS = [f"data.crop_offset={OFFSET}", "data.use_cache=false", "model.width=4", "infer.num_workers=0",
+OPTS = [f"data.crop_offset={OFFSET}", f"data.frame_height={H}", "data.use_cache=false", "model.width=4", "infer.num_workers=0",
         "infer.flip=false", "infer.scales=[1.0]", "infer.batch_size=2",
         f"stages=[{{width: {SIZE[0]}, height: {SIZE[1]}, batch_size: 2, iters: 1, lr: 0.01}}]"]
 SUBMIT_IDS = {0, 204, 203, 217, 210, 214, 224, 227}
@@ -340,3 +341,56 @@ def test_commands_reject_bad_arguments(tmp_path):
         commands.images_from(str(tmp_path / "nope"), None)
     with pytest.raises(FileNotFoundError, match="not a folder or a list CSV"):
         commands.run_validate(str(tmp_path), str(tmp_path / "nope.csv"))
+
+
+# ----------------------------------------------------------------------------- inputs a user points at
+def test_folder_walk_skips_label_trees_and_the_output_folder(data, capsys, tmp_path):
+    """A dataset root holds images and label trees together: only the images are inputs,
+    and the count of skipped labels is said; files under the output folder are never inputs."""
+    from paddle_lane.infer.submission import list_images
+    root = Path(data["root"])
+    jpgs = sorted(str(p) for p in root.rglob("*.jpg"))
+    pngs = list(root.rglob("*.png"))
+    assert pngs and all(p.name.endswith("_bin.png") for p in pngs)
+    found = list_images(root)
+    assert [p for _, p in found] == jpgs
+    assert f"skipped {len(pngs)} label file(s)" in capsys.readouterr().out
+    out = root / "submission_inside"
+    out.mkdir()
+    cv2.imwrite(str(out / "x_bin.png"), np.zeros((4, 4), np.uint8))
+    cv2.imwrite(str(out / "y.jpg"), np.zeros((4, 4, 3), np.uint8))
+    try:
+        assert [p for _, p in list_images(root, exclude=[out])] == jpgs
+        assert "and 2 file(s) in the output folder" in capsys.readouterr().out
+    finally:
+        shutil.rmtree(out)  # the dataset fixture is shared
+
+
+def test_infer_on_a_dataset_root_writes_one_mask_per_image(ckpt, data, tmp_path):
+    """`infer --images DATASET_ROOT` (labels beside images) predicts the images only."""
+    root = Path(data["root"])
+    out = tmp_path / "sub"
+    code = cli.main(["infer", "--config", str(CONFIG), "--checkpoint", str(ckpt), "--images", str(root),
+                     "--out", str(out), "--no-zip", "--opts", *OPTS])
+    assert code == 0
+    assert sorted(p.name for p in out.glob("*.png")) == sorted(Path(p).stem + "_bin.png" for p in root.rglob("*.jpg"))
+
+
+def test_crop_follows_the_frame_height(cfg, capsys):
+    """The crop is data.crop_offset rows of data.frame_height-row frames: a half-height frame of
+    the same aspect is cut at half the rows, and a frame of another aspect is warned about once."""
+    predictor = Predictor(cfg, models=[(pixelwise(5), SIZE)])
+    assert predictor.offset_for(H) == OFFSET and predictor.offset_for(H // 2) == round(OFFSET / 2)
+    half = cv2.resize(smooth_frame(1), (W // 2, H // 2), interpolation=cv2.INTER_AREA)
+    ids = predictor.predict_train_ids(half)
+    assert ids.shape == (H // 2, W // 2)
+    assert (ids[: round(OFFSET / 2)] == 0).all()
+    # the same model on the full frame, shrunk: the predictions agree where the crop is the same
+    full = predictor.predict_train_ids(smooth_frame(1))
+    shrunk = cv2.resize(full, (W // 2, H // 2), interpolation=cv2.INTER_NEAREST_EXACT)
+    assert (ids[OFFSET // 2 + 2:] == shrunk[OFFSET // 2 + 2:]).mean() > 0.9
+    assert "aspect" not in capsys.readouterr().err
+    predictor.predict_train_ids(np.zeros((H, W // 2, 3), np.uint8))
+    predictor.predict_train_ids(np.zeros((H, W // 2, 3), np.uint8))
+    warnings = [line for line in capsys.readouterr().err.splitlines() if "aspect" in line]
+    assert len(warnings) == 1 and f"{W // 2}x{H}" in warnings[0]

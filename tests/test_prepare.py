@@ -51,7 +51,7 @@ def copy(dataset, tmp_path):
 
 
 def config(*opts, path=None):
-    return load_config(path, [f"data.crop_offset={OFFSET}", *STAGE, *opts])
+    return load_config(path, [f"data.crop_offset={OFFSET}", f"data.frame_height={H}", *STAGE, *opts])
 
 
 def run(root, out, *opts, workers=1, path=None, test_dir=None):
@@ -256,7 +256,7 @@ def centre_sampled(ids: np.ndarray, size) -> np.ndarray:
 
 
 CACHE_YAML = """
-data: {crop_offset: 77}
+data: {crop_offset: 77, frame_height: 192}
 prepare: {cache: true}
 stages:
   - {width: 192, height: 64}
@@ -293,7 +293,7 @@ def test_cache_writes_stage_sizes_and_is_reused(dataset, tmp_path):
 
 def test_cli_prints_summary_and_exits_0(dataset, tmp_path, capsys):
     code = cli.main(["prepare", "--data-root", dataset["root"], "--out", str(tmp_path / "out"), "--workers", "1",
-                     "--opts", f"data.crop_offset={OFFSET}"])
+                     "--opts", f"data.crop_offset={OFFSET}", f"data.frame_height={H}"])
     text = capsys.readouterr().out
     assert code == 0
     train, val = lists(tmp_path / "out")
@@ -319,7 +319,7 @@ def test_cli_test_dir_writes_test_csv(dataset, tmp_path, capsys):
         shutil.copy(p["image"], test_dir / f"t_{Path(p['image']).name}")
     out = tmp_path / "out"
     code = cli.main(["prepare", "--data-root", dataset["root"], "--out", str(out), "--workers", "1",
-                     "--test-dir", str(test_dir), "--opts", f"data.crop_offset={OFFSET}"])
+                     "--test-dir", str(test_dir), "--opts", f"data.crop_offset={OFFSET}", f"data.frame_height={H}"])
     assert code == 0 and "test images      : 3" in capsys.readouterr().out
     test = pd.read_csv(out / "test.csv")
     assert sorted(test["key"]) == sorted(f"t_{Path(p['image']).stem}" for p in dataset["pairs"][:3])

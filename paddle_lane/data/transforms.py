@@ -12,6 +12,7 @@ import numpy as np
 from data_prep.cache import cache_dir, cached_paths, load_resized
 from data_prep.label_io import read_image, read_label
 from data_prep.labels import IGNORE_INDEX, Scheme, load_scheme
+from data_prep.resize import crop_rows
 
 FULL_SIZE = (3384, 1710)  # competition frame size (w, h); read from the list when present
 
@@ -25,6 +26,7 @@ class FrameSource:
     size: tuple[int, int]
     label_resize: str
     cache_folder: Path | None = None
+    frame_height: int = FULL_SIZE[1]  # the frame height `offset` is measured in
 
     @classmethod
     def from_config(cls, cfg, size: tuple[int, int]) -> "FrameSource":
@@ -35,7 +37,7 @@ class FrameSource:
                                cfg.data.ignore_policy, cfg.data.label_resize)
             folder = folder if folder.is_dir() else None
         return cls(scheme, scheme.train_lut(cfg.data.ignore_policy), cfg.data.crop_offset, size,
-                   cfg.data.label_resize, folder)
+                   cfg.data.label_resize, folder, cfg.data.frame_height)
 
     def load(self, key: str, image: str, label: str | None, full_size=FULL_SIZE):
         """(rgb uint8 HxWx3, train ids uint8 HxW or None) at this stage size."""
@@ -44,7 +46,8 @@ class FrameSource:
             if img_path.exists() and (label is None or lab_path.exists()):
                 rgb = read_image(img_path)
                 return rgb, (read_label(lab_path) if label else None)
-        return load_resized(image, label or None, self.scheme, self.train_lut, self.offset, self.size,
+        return load_resized(image, label or None, self.scheme, self.train_lut,
+                            crop_rows(self.offset, self.frame_height, full_size[1]), self.size,
                             self.label_resize, full_size)
 
 

@@ -9,25 +9,33 @@ from pathlib import Path
 from paddle_lane.visual import comparison_strip
 
 
-class Monitor:
-    """Writes to VisualDL on rank 0; a no-op elsewhere."""
+def global_iter(stage_iters: list[int], stage: int, it: int) -> int:
+    """One continuous iteration count across stages: the iterations of earlier stages plus `it`."""
+    return sum(stage_iters[:stage]) + it
 
-    def __init__(self, logdir: str | Path, enabled: bool = True, quiet: bool = False):
+
+class Monitor:
+    """Writes to VisualDL on rank 0; a no-op elsewhere. Every chart's x axis is the global
+    iteration (continuous across stages); `train/stage` marks where each stage runs."""
+
+    def __init__(self, logdir: str | Path, stage_iters: list[int], enabled: bool = True, quiet: bool = False):
         self.enabled, self.quiet, self.writer = enabled, quiet, None
+        self.stage_iters = list(stage_iters)
         if enabled:
             from visualdl import LogWriter
             Path(logdir).mkdir(parents=True, exist_ok=True)
             self.writer = LogWriter(logdir=str(logdir))
 
-    def _step(self, stage: int, it: int) -> int:
-        return stage * 10_000_000 + it  # one monotonic axis across stages
+    def step(self, stage: int, it: int) -> int:
+        return global_iter(self.stage_iters, stage, it)
 
     def train_step(self, stage, it, loss, terms: dict, lr, ips, t_data, t_compute) -> None:
         if not self.writer:
             return
-        step = self._step(stage, it)
+        step = self.step(stage, it)
         w = self.writer
         w.add_scalar("train/loss", loss, step)
+        w.add_scalar("train/stage", stage, step)
         for name, value in terms.items():
             w.add_scalar(f"train/loss_{name}", value, step)
         w.add_scalar("train/lr", lr, step)
@@ -37,7 +45,7 @@ class Monitor:
         w.add_scalar("time/data_wait_share", t_data / max(t_data + t_compute, 1e-9), step)
 
     def validation(self, stage, it, result: dict, table: str, shown, data_cfg, scheme) -> None:
-        step = self._step(stage, it)
+        step = self.step(stage, it)
         if not self.quiet:
             print(f"\n[stage {stage} iter {it}] validation\n{table}")
         if not self.writer:

@@ -105,7 +105,8 @@ class Trainer:
         paddle.seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
         self.history: list[tuple[int, int, float]] = []  # (stage, iter, loss) of this process
-        self.monitor = Monitor(self.out / "vdl", enabled=self.main, quiet=quiet or not self.main)
+        self.monitor = Monitor(self.out / "vdl", [st.iters for st in cfg.stages], enabled=self.main,
+                               quiet=quiet or not self.main)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yml")
@@ -364,7 +365,7 @@ class Trainer:
         result = metric.compute()
         if self.main:
             self.monitor.validation(stage_idx, it, result, metric.table(), res.shown, self.cfg.data, self.scheme)
-            record = {"stage": stage_idx, "iter": it, "ranks": self.world, "frames": len(self.val_df),
+            record = {"stage": stage_idx, "iter": it, "global_iter": self.monitor.step(stage_idx, it), "ranks": self.world, "frames": len(self.val_df),
                       "unreadable": len(res.unreadable), "scoring": "leaderboard: full size, evaluation mapping",
                       "seconds": round(time.perf_counter() - t0, 3),
                       "train_seconds": round(t0 - self._since_val, 3),  # since the stage start or last validation

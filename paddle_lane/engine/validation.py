@@ -100,8 +100,9 @@ def validate_frames(predictor, rows: pd.DataFrame, scheme: Scheme, num_workers: 
             return
         metric.merge(conf)
         if pred is not None:
-            rgb = inputs_from_file(images[i], [size], predictor.offset, (gt.shape[1], gt.shape[0]))[0]
-            shown.append((rgb, _small(gt, predictor.offset, size), _small(pred, predictor.offset, size)))
+            offset = predictor.offset_for(gt.shape[0])
+            rgb = inputs_from_file(images[i], [size], offset, (gt.shape[1], gt.shape[0]))[0]
+            shown.append((rgb, _small(gt, offset, size), _small(pred, offset, size)))
 
     with ThreadPoolExecutor(max_workers=POST_WORKERS) as pool:
         for res in predictor.predict_files(images, batch_size=1, num_workers=num_workers, progress=False, what=what):

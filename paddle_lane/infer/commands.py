@@ -29,14 +29,15 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
         raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
 
 
-def images_from(images_dir: str | None, list_csv: str | None) -> list[tuple[str, str]]:
-    """(key, image path) from a folder (recursive *.jpg/*.png) or a prepare list CSV."""
+def images_from(images_dir: str | None, list_csv: str | None, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
+    """(key, image path) from a folder (recursive *.jpg/*.png, labels and `exclude` skipped) or a
+    prepare list CSV."""
     from paddle_lane.data.dataset import read_list
     from paddle_lane.infer.submission import list_images
     if bool(images_dir) == bool(list_csv):
         raise ValueError("give exactly one of an images folder or a list CSV")
     if images_dir:
-        return list_images(images_dir)
+        return list_images(images_dir, exclude)
     df = read_list(list_csv, need_labels=False)
     return list(zip(df["key"].astype(str), df["image"].astype(str)))
 
@@ -87,7 +88,7 @@ def run_infer(config: str | None, opts: list[str] | None, checkpoints: str, weig
     """Predict a folder or list into a submission, then validate it; 0 when complete and valid."""
     from paddle_lane.infer.submission import format_summary, validate_submission, write_submission
     cfg = load_config(config, opts)
-    images = images_from(images_dir, list_csv)
+    images = images_from(images_dir, list_csv, exclude=[out])
     predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device)
     print(describe(predictor))
     summary = write_submission(predictor, images, out, cfg.infer.name_suffix, overlay=overlay,

@@ -9,6 +9,7 @@ normalize with data.mean/std.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
@@ -21,8 +22,8 @@ from tqdm import tqdm
 from data_prep.cache import best_reduce
 from data_prep.label_io import UnreadableFileError, image_size, read_image
 from data_prep.labels import Scheme, load_scheme
-from data_prep.resize import argmax_full_size, crop_top, resize_image
-from paddle_lane.data.transforms import normalize
+from data_prep.resize import argmax_full_size, crop_rows, crop_top, resize_image
+from paddle_lane.data.transforms import FULL_SIZE, normalize
 from paddle_lane.device import select_device
 from data_prep.procs import StallWatchdog, die_with_parent
 from paddle_lane.engine.checkpoint import load_weights, read_state
@@ -141,7 +142,8 @@ class Predictor:
         self.device = select_device(device)
         self.cfg = cfg
         self.scheme = load_scheme(cfg.data.scheme)
-        self.offset = cfg.data.crop_offset
+        self.offset, self.frame_height = cfg.data.crop_offset, cfg.data.frame_height
+        self._warned_sizes: set = set()
         self.mean, self.std = cfg.data.mean, cfg.data.std
         self.flip = cfg.infer.flip if flip is None else bool(flip)
         self.scales = [float(s) for s in (cfg.infer.scales if scales is None else scales)]
@@ -167,11 +169,13 @@ class Predictor:
     # ------------------------------------------------------------------ inputs
     def prepare_array(self, rgb_full: np.ndarray) -> list[np.ndarray]:
         """Normalized 3xHxW float32 inputs, one per entry of input_sizes."""
-        return [normalize(x, self.mean, self.std) for x in inputs_from_array(rgb_full, self.input_sizes, self.offset)]
+        self.check_frame((rgb_full.shape[1], rgb_full.shape[0]), "<frame>")
+        offset = self.offset_for(rgb_full.shape[0])
+        return [normalize(x, self.mean, self.std) for x in inputs_from_array(rgb_full, self.input_sizes, offset)]
 
     def prepare_file(self, path: str, full_size: Size) -> list[np.ndarray]:
         """As prepare_array, from an image file with training's reduced decode."""
-        crops = inputs_from_file(path, self.input_sizes, self.offset, full_size)
+        crops = inputs_from_file(path, self.input_sizes, self.offset_for(full_size[1]), full_size)
         return [normalize(x, self.mean, self.std) for x in crops]
 
     # ------------------------------------------------------------------ forward
@@ -238,7 +242,8 @@ class Predictor:
 
     def predict_train_ids(self, rgb_full: np.ndarray) -> np.ndarray:
         """HxW uint8 train ids at the frame's own size (for overlays)."""
-        return probs_to_train_ids(self.predict_probs(rgb_full), self.offset, (rgb_full.shape[1], rgb_full.shape[0]))
+        full_size = (rgb_full.shape[1], rgb_full.shape[0])
+        return probs_to_train_ids(self.predict_probs(rgb_full), self.offset_for(full_size[1]), full_size)
 
     def predict_ids(self, rgb_full: np.ndarray) -> np.ndarray:
         """HxW uint8 Apollo ids at the frame's own size: a submission image."""
@@ -246,7 +251,20 @@ class Predictor:
 
     def to_train_ids(self, probs: np.ndarray, full_size: Size) -> np.ndarray:
         """Post-processing of predict_batch output: full-size train ids (decode gives Apollo ids)."""
-        return probs_to_train_ids(probs, self.offset, full_size)
+        return probs_to_train_ids(probs, self.offset_for(full_size[1]), full_size)
+
+    def offset_for(self, height: int) -> int:
+        """Rows cut from a frame of this height (data.crop_offset scaled from data.frame_height)."""
+        return crop_rows(self.offset, self.frame_height, height)
+
+    def check_frame(self, full_size: Size, source: str) -> None:
+        """One warning per frame size whose aspect differs from the competition frames by > 3 %."""
+        w, h = full_size
+        aspect, want = w / h, FULL_SIZE[0] / FULL_SIZE[1]
+        if abs(aspect - want) / want > 0.03 and full_size not in self._warned_sizes:
+            self._warned_sizes.add(full_size)
+            print(f"warning: {source}: frame {w}x{h} has aspect {aspect:.3f}, the training frames "
+                  f"{want:.3f} ({FULL_SIZE[0]}x{FULL_SIZE[1]}); predictions there are less reliable", file=sys.stderr)
 
     # ------------------------------------------------------------------ files
     def loader(self, paths: Sequence[str], batch_size: int | None = None,
@@ -291,6 +309,7 @@ class Predictor:
         k = 0
         for j, i in enumerate(index):
             if ok[j]:
+                self.check_frame((int(sizes[j][0]), int(sizes[j][1])), paths[int(i)])
                 yield FileResult(int(i), paths[int(i)], probs[k], (int(sizes[j][0]), int(sizes[j][1])), None)
                 k += 1
             else:
@@ -321,7 +340,7 @@ class ImageFiles(paddle.io.Dataset):
     def __init__(self, paths: list[str], predictor: Predictor):
         super().__init__()
         self.paths = paths
-        self.sizes, self.offset = predictor.input_sizes, predictor.offset
+        self.sizes, self.offset, self.frame_height = predictor.input_sizes, predictor.offset, predictor.frame_height
         self.mean, self.std = predictor.mean, predictor.std
 
     def __len__(self) -> int:
@@ -331,7 +350,7 @@ class ImageFiles(paddle.io.Dataset):
         path = self.paths[idx]
         try:
             full = image_size(path)
-            crops = inputs_from_file(path, self.sizes, self.offset, full)
+            crops = inputs_from_file(path, self.sizes, crop_rows(self.offset, self.frame_height, full[1]), full)
             inputs = [normalize(x, self.mean, self.std) for x in crops]
             return {"index": idx, "ok": 1, "full_size": np.asarray(full, np.int64), "inputs": inputs, "error": ""}
         except (UnreadableFileError, ValueError, OSError) as exc:

@@ -213,14 +213,37 @@ def validate_submission(out_dir: str | Path, expected: Sequence[str], name_suffi
     return problems
 
 
-def list_images(folder: str | Path) -> list[tuple[str, str]]:
-    """(key, path) for every *.jpg/*.jpeg/*.png under folder (recursive), sorted by path."""
+def is_label_file(path: Path, root: Path) -> bool:
+    """A label of the Apollo tree: a *_bin.png, or anything under a folder named Label,
+    Labels_roadNN, Gray_Label or Label_roadNN (a dataset root holds images and labels together)."""
+    parts = [p.lower() for p in path.relative_to(root).parts[:-1]]
+    return path.name.lower().endswith("_bin.png") or any(
+        p == "label" or p == "gray_label" or p.startswith(("labels_road", "label_road")) for p in parts)
+
+
+def list_images(folder: str | Path, exclude: Sequence[str | Path] = ()) -> list[tuple[str, str]]:
+    """(key, path) for every *.jpg/*.jpeg/*.png under folder (recursive), sorted by path; label
+    files and the `exclude` folders (the command's own output) are left out, and said so."""
     folder = Path(folder)
     if not folder.is_dir():
         raise FileNotFoundError(f"image folder not found: {folder}")
-    files = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTS)
+    excluded = [Path(e).resolve() for e in exclude]
+    files, labels, own = [], 0, 0
+    for p in sorted(folder.rglob("*")):
+        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
+            continue
+        if any(p.resolve().is_relative_to(e) for e in excluded):
+            own += 1
+        elif is_label_file(p, folder):
+            labels += 1
+        else:
+            files.append(p)
+    if labels or own:
+        print(f"{folder}: {len(files)} images; skipped {labels} label file(s) (Label folders, *_bin.png)"
+              + (f" and {own} file(s) in the output folder" if own else ""))
     if not files:
-        raise ValueError(f"no *.jpg or *.png images under {folder}")
+        raise ValueError(f"no *.jpg or *.png images under {folder}"
+                         + (f" (only {labels} label files)" if labels else ""))
     return [(p.stem, str(p)) for p in files]
 
 
