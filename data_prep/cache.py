@@ -15,7 +15,7 @@ import numpy as np
 from data_prep.label_io import read_image, read_label
 from data_prep.labels import Scheme, apply_lut
 from data_prep.resize import LABEL_RESIZE_VERSION, crop_top, resize_image, resize_label
-from data_prep.io_utils import atomic_write_jpeg, atomic_write_json, atomic_write_png
+from data_prep.io_utils import atomic_write_jpeg, atomic_write_json, atomic_write_png, atomic_write_text
 
 JPEG_QUALITY = 95
 KEY_FILE = "cache_key.json"
@@ -77,11 +77,28 @@ def load_resized(image: str, label: str | None, scheme: Scheme, train_lut, offse
     return rgb, resize_label(train_ids, size, label_resize)
 
 
+def source_stamp(image: str, label: str | None) -> str:
+    """Size and modification time of a frame's source files: a changed source, a changed stamp."""
+    parts = []
+    for p in (image, label):
+        if p:
+            st = os.stat(p)
+            parts.append(f"{st.st_size}:{st.st_mtime_ns}")
+    return " ".join(parts)
+
+
 def build_entry(args) -> dict:
-    """Worker: write one frame's cached image and label unless both exist."""
+    """Worker: write one frame's cached image and label unless both exist and were made from
+    the same source files (size and mtime); an entry whose source changed is rebuilt."""
     key, image, label, folder, scheme, train_lut, offset, size, label_resize, full_size = args
     img_path, lab_path = cached_paths(Path(folder), key)
-    if img_path.exists() and lab_path.exists():
+    stamp_path = Path(folder) / f"{key}.src"
+    try:
+        stamp = source_stamp(image, label)
+    except OSError as exc:
+        return {"key": key, "image": image, "status": "error", "error": str(exc)}
+    existed = img_path.exists() and lab_path.exists()
+    if existed and stamp_path.exists() and stamp_path.read_text() == stamp:
         return {"key": key, "status": "reused"}
     try:
         rgb, train_ids = load_resized(image, label, scheme, train_lut, offset, size, label_resize, full_size)
@@ -89,4 +106,5 @@ def build_entry(args) -> dict:
         return {"key": key, "image": image, "status": "error", "error": str(exc)}
     atomic_write_jpeg(img_path, rgb, JPEG_QUALITY)
     atomic_write_png(lab_path, train_ids)
-    return {"key": key, "status": "written"}
+    atomic_write_text(stamp_path, stamp)  # last: an entry without its stamp is rebuilt
+    return {"key": key, "status": "rebuilt" if existed else "written"}

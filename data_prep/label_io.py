@@ -110,7 +110,15 @@ def _decode_jpeg(data: np.ndarray, reduce: int, path) -> np.ndarray:
             rgb = np.asarray(im.convert("RGB") if im.mode != "RGB" else im)
     except (OSError, SyntaxError) as exc:
         raise UnreadableFileError(f"{path}: cannot decode image ({exc})") from exc
+    if rgb.size and (rgb[-1] == GREY_FILL).all():
+        raise UnreadableFileError(f"{path}: JPEG data ends early (premature end of data: the bottom decodes as "
+                                  "flat grey); treated as corrupt")
     return rgb
+
+
+# libjpeg decodes the blocks a cut-short JPEG lacks as flat (128, 128, 128) and only warns; a real
+# frame never has a whole bottom row of exactly that grey, so the row tells a cut file.
+GREY_FILL = 128
 
 
 def image_size(path: str | Path) -> tuple[int, int]:

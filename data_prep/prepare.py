@@ -16,6 +16,7 @@ import pandas as pd
 from tqdm import tqdm
 
 from data_prep.procs import die_with_parent
+from data_prep.errors import UserError
 from data_prep.cache import build_entry, cache_dir, write_cache_key
 from data_prep.frame_stats import measure_frame, measure_image
 from data_prep.io_utils import atomic_write_json, atomic_write_with
@@ -131,13 +132,21 @@ def build_cache(df: pd.DataFrame, lists_dir: Path, cfg, scheme, workers: int, pr
         jobs = [(r.key, r.image, r.label, str(folder), scheme, lut,
                  crop_rows(cfg.data.crop_offset, cfg.data.frame_height, int(r.height)), size,
                  cfg.data.label_resize, (int(r.width), int(r.height))) for r in df.itertuples()]
-        counts = {"written": 0, "reused": 0, "error": 0}
+        counts = {"written": 0, "reused": 0, "rebuilt": 0, "error": 0}
         for res in parallel_map(build_entry, jobs, workers, f"cache {size[0]}x{size[1]}"):
             counts[res["status"]] += 1
             if res["status"] == "error":
                 problems.append({"file": res["image"], "reason": f"cache {size[0]}x{size[1]} not written: {res['error']}"})
         summary[f"{size[0]}x{size[1]}"] = {"folder": str(folder), **counts}
     return summary
+
+
+def _write_problems(res: PrepareResult, out: Path) -> None:
+    """problems.csv: every skipped file and every frame dropped by a rule, with the reason."""
+    problems_df = pd.DataFrame(res.problems + [{"file": d["file"], "reason": f"dropped by rule: {d['rule']}"}
+                                               for d in res.dropped], columns=["file", "reason"])
+    _write_csv(problems_df, out / "problems.csv")
+    res.files["problems"] = str(out / "problems.csv")
 
 
 def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, workers: int | None = None,
@@ -148,7 +157,11 @@ def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, worke
     workers = workers or cfg.prepare.workers
     scheme = load_scheme(cfg.data.scheme)
     names = scheme.class_names
-    found = scan(data_root, test_dir)  # fails on a missing root before anything is written
+    found = scan(data_root, test_dir, exclude=(out,))  # fails on a missing root before anything is written
+    if not found.pairs:
+        kinds = sorted({p["reason"].split(":")[0] for p in found.problems})[:3]
+        raise UserError(f"{data_root}: no image/label pair found ({len(found.problems)} problem(s)"
+                        + (f": {', '.join(kinds)}" if kinds else "") + "); nothing to prepare")
     out.mkdir(parents=True, exist_ok=True)
     res = PrepareResult(out_dir=out, pairs_found=len(found.pairs), test_images=len(found.test_images),
                         problems=list(found.problems), class_names=names)
@@ -160,6 +173,10 @@ def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, worke
                                                               "lane_pixels_above_crop", "lane_fraction",
                                                               "ignore_pixels", "brightness", "overexposed"])
     df, res.dropped = apply_cleaning(df, cfg.prepare.clean.max_overexposed_fraction, cfg.prepare.clean.min_lane_pixels)
+    if df.empty:
+        _write_problems(res, out)
+        raise UserError(f"{data_root}: none of the {res.pairs_found} pairs is usable ({len(res.problems)} problem(s), "
+                        f"{len(res.dropped)} dropped by rules); see {out / 'problems.csv'}")
     is_val, res.warnings = split_by_group(df, px_cols, cfg.prepare.val_fraction, cfg.prepare.seed)
     train_df, val_df = df[~is_val].reset_index(drop=True), df[is_val].reset_index(drop=True)
     res.train, res.val = len(train_df), len(val_df)
@@ -181,10 +198,7 @@ def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, worke
     if cfg.prepare.cache and len(df):
         res.cache = build_cache(df, out, cfg, scheme, workers, res.problems)
     res.seconds = round(time.time() - t0, 2)
-    problems_df = pd.DataFrame(res.problems + [{"file": d["file"], "reason": f"dropped by rule: {d['rule']}"}
-                                               for d in res.dropped], columns=["file", "reason"])
-    _write_csv(problems_df, out / "problems.csv")
-    res.files["problems"] = str(out / "problems.csv")
+    _write_problems(res, out)
     stats = {
         "data_root": str(Path(data_root).resolve()), "scheme": scheme.name, "class_names": names,
         "ignore_policy": cfg.data.ignore_policy, "crop_offset": cfg.data.crop_offset,
@@ -221,7 +235,8 @@ def summary_table(res: PrepareResult) -> str:
         lines.append(f"{i:>3}  {n:<28}{f:>12.6f}{w:>10.4f}")
     lines += ["", *[f"warning: {w}" for w in res.warnings]]
     for size, c in res.cache.items():
-        lines.append(f"cache {size:<10}: {c['written']} written, {c['reused']} reused, {c['error']} errors -> {c['folder']}")
+        lines.append(f"cache {size:<10}: {c['written']} written, {c['reused']} reused, {c['rebuilt']} rebuilt "
+                     f"(source changed), {c['error']} errors -> {c['folder']}")
     lines += [f"{k:<8} -> {v}" for k, v in res.files.items()]
     lines.append(f"done in {res.seconds:.1f} s")
     return "\n".join(lines)

@@ -63,3 +63,51 @@ class StallWatchdog:
                 print(f"\nerror: {context}: nothing arrived for {self.timeout:.0f} s (a data loader worker stalled)"
                       f"{'; ' + self.hint if self.hint else ''}", file=sys.stderr, flush=True)
                 os._exit(EXIT_STALLED)
+
+
+def port_in_use(host: str, port: int) -> bool:
+    """True when something already listens on host:port (a bind there fails)."""
+    import socket
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def run_server(cmd: list[str], name: str, host: str, port: int, start_timeout: float = 120) -> int:
+    """Run a server child until it exits; never wait on one that cannot start. A port already
+    in use, a child that dies before listening, or one that does not listen within
+    `start_timeout` s is one line (RuntimeError) and the child is gone. The child dies with us."""
+    import subprocess
+    if port_in_use(host, port):
+        raise OSError(f"{name}: port {port} on {host} is already in use; pick another with --port")
+    proc = subprocess.Popen(cmd, preexec_fn=die_with_parent)
+    deadline = time.monotonic() + start_timeout
+    try:
+        while not _listening(host, port):
+            code = proc.poll()
+            if code is not None:
+                raise RuntimeError(f"{name} exited with code {code} before listening on {host}:{port}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{name} did not listen on {host}:{port} within {start_timeout:.0f} s")
+            time.sleep(0.2)
+        return proc.wait()
+    finally:
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()

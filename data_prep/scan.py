@@ -70,15 +70,22 @@ def _label_rank(path: Path) -> int:
     return 0 if any(p.lower() == "gray_label" for p in path.parts) else 1
 
 
-def _walk(root: Path):
+def _walk(root: Path, exclude: tuple[Path, ...] = ()):
+    """Files under root, sorted; the `exclude` folders (a command's own output) and hidden
+    entries (the project's temp files start with '.') are skipped."""
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames.sort()
+        dirnames[:] = sorted(d for d in dirnames
+                             if not d.startswith(".") and (Path(dirpath) / d).resolve() not in exclude)
         for name in sorted(filenames):
-            yield Path(dirpath) / name
+            if not name.startswith("."):
+                yield Path(dirpath) / name
 
 
-def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> ScanResult:
-    """Pair images with labels by key (file stem), reporting what does not pair."""
+def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None,
+         exclude: tuple[str | os.PathLike, ...] = ()) -> ScanResult:
+    """Pair images with labels by key (file stem), reporting what does not pair; the
+    `exclude` folders (prepare's own output, when it lies inside the data root) are skipped."""
+    exclude = tuple(Path(e).resolve() for e in exclude)
     root = Path(root).resolve()  # lists hold absolute paths: they work from any folder
     if not root.is_dir():
         raise FileNotFoundError(f"data root not found or not a folder: {root}")
@@ -86,7 +93,7 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> 
     images: dict[str, Path] = {}
     tests: list[Path] = []
     labels: dict[str, list[Path]] = {}
-    for path in _walk(root):
+    for path in _walk(root, exclude):
         if test_dir is not None and Path(test_dir).resolve() in path.resolve().parents:
             continue
         rel = path.relative_to(root)  # folder names above the data root say nothing about a file
@@ -104,7 +111,7 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None) -> 
         tdir = Path(test_dir).resolve()
         if not tdir.is_dir():
             raise FileNotFoundError(f"test folder not found: {tdir}")
-        tests = [p for p in _walk(tdir) if p.suffix.lower() in IMAGE_EXTS and not _is_label(p)]
+        tests = [p for p in _walk(tdir, exclude) if p.suffix.lower() in IMAGE_EXTS and not _is_label(p)]
 
     for key in sorted(images):
         img = images[key]

@@ -92,7 +92,8 @@ def cmd_train(args, argv: list[str]) -> int:
     device = f"gpu:{gpus[0]}" if len(gpus) == 1 else args.device
     from paddle_lane.engine.trainer import Trainer, TrainingInterrupted, TrainingStopped
     try:
-        results = Trainer(cfg, resume=args.resume, device=device).run()
+        results = Trainer(cfg, resume=args.resume, device=device, force=args.force,
+                          allow_config_change=args.allow_config_change).run()
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum  # 143 for SIGTERM, as a shell reports a process it terminated
@@ -119,16 +120,20 @@ def cmd_train(args, argv: list[str]) -> int:
 
 
 def cmd_visualdl(args, argv) -> int:
-    import subprocess
     from pathlib import Path
+    from data_prep.procs import run_server
     exe = Path(sys.executable).with_name("visualdl")  # the console script installed beside this Python
     if not exe.exists():
         raise FileNotFoundError(f"visualdl not found beside {sys.executable}; run ./run.sh setup")
     print(f"VisualDL on http://{args.host}:{args.port} (logs: {args.logdir})", flush=True)
     # --language: VisualDL 2.5.3 fails (500) on clients that send no Accept-Language unless set;
     # --disable-telemetry: nothing leaves this machine
-    return subprocess.call([str(exe), "--logdir", args.logdir, "--host", args.host, "--port", str(args.port),
-                            "--language", args.language, "--disable-telemetry"])
+    try:
+        return run_server([str(exe), "--logdir", args.logdir, "--host", args.host, "--port", str(args.port),
+                           "--language", args.language, "--disable-telemetry"], "VisualDL", args.host, args.port)
+    except RuntimeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
 
 
 def cmd_demo(args, argv) -> int:
@@ -136,10 +141,18 @@ def cmd_demo(args, argv) -> int:
     return run_demo(args.out, args.config or DEMO_CONFIG, args.opts)
 
 
+TTA_CHOICES = ("flip", "none")
+
+
 def _tta_flip(args):
+    """--tta flip | none (default: infer.flip of the config); anything else is an error."""
     if args.tta is None:
         return None
-    return "flip" in [t.strip() for t in args.tta.split(",")]
+    given = [t.strip() for t in args.tta.split(",") if t.strip()]
+    bad = [t for t in given if t not in TTA_CHOICES]
+    if bad or not given:
+        raise UserError(f"--tta {args.tta!r}: unknown value {bad[0] if bad else ''!r}; choose from {list(TTA_CHOICES)}")
+    return "flip" in given
 
 
 def cmd_infer(args, argv) -> int:
@@ -148,7 +161,8 @@ def cmd_infer(args, argv) -> int:
         raise UserError("infer needs --images DIR or --list CSV")
     return run_infer(args.config, args.opts, checkpoints=args.checkpoint, weights=args.weights,
                      images_dir=args.images, list_csv=args.list, out=args.out, tta_flip=_tta_flip(args),
-                     scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=args.device)
+                     scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=args.device,
+                     overwrite=args.overwrite)
 
 
 def cmd_validate(args, argv) -> int:
@@ -183,7 +197,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="staged training (all stages of the config)")
     _add_config_args(p, required=True)
-    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint of the run")
+    p.add_argument("--resume", action="store_true", help="continue from the newest intact checkpoint of the run")
+    p.add_argument("--force", action="store_true",
+                   help="train.output_dir holds a run: move it aside (<dir>.old-<time>) and start afresh")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="with --resume: accept plan changes (more iterations, new stages, validation/checkpoint cadence)")
     p.add_argument("--gpus", help="GPU card id(s): one id (e.g. 3) trains on that card, "
                    "several (e.g. 0,1,2,3) launch multi-card training")
     p.add_argument("--nproc", type=int, default=1, help="processes per machine (CPU multi-process)")
@@ -203,10 +221,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", help="folder of test images (searched recursively)")
     p.add_argument("--list", help="a prepare list CSV (test.csv / val.csv) instead of --images")
     p.add_argument("--out", required=True, help="submission folder, e.g. submissions/NAME")
-    p.add_argument("--tta", help="test-time augmentation: 'flip' (default: infer.flip of the config)")
+    p.add_argument("--tta", help="test-time augmentation: 'flip' or 'none' (default: infer.flip of the config)")
     p.add_argument("--scales", help="TTA scales, e.g. 0.75,1,1.25 (default: infer.scales)")
     p.add_argument("--overlay", action="store_true", help="also write coloured overlays for inspection")
     p.add_argument("--no-zip", action="store_true", help="do not write the zip")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds another model's submission: move it aside and start over")
     p.add_argument("--device", choices=["cpu", "gpu"])
     p.set_defaults(func=cmd_infer)
 

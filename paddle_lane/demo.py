@@ -3,7 +3,6 @@ synthetic Apollo-layout frames -> prepare -> train (configs/demo_tiny.yml) -> in
 (with flip TTA) on the validation frames -> evaluate at full size."""
 from __future__ import annotations
 
-import shutil
 import time
 from pathlib import Path
 
@@ -42,15 +41,14 @@ def run_demo(out: str | Path = "demo_out", config: str | Path = DEMO_CONFIG, opt
     print(summary_table(prepare(raw, lists, cfg, test_dir=raw / "TestSet")))
 
     _banner("3/5 train (" + " -> ".join(f"{s.width}x{s.height}" for s in cfg.stages) + ")")
-    shutil.rmtree(run_dir, ignore_errors=True)  # the demo always trains from scratch
-    for r in Trainer(cfg).run():
+    for r in Trainer(cfg, force=True).run():  # a fresh demo run; an earlier one is moved aside, not deleted
         print(f"stage {r.stage}: best validation mIoU {r.best_miou:.4f} at iter {r.best_iter}")
 
     _banner("4/5 infer on the validation frames (flip TTA), full-size submission")
     best = run_dir / f"stage{len(cfg.stages) - 1}" / "best"
     rc = run_infer(str(config), overrides, checkpoints=str(best), weights=None, images_dir=None,
                    list_csv=str(lists / "val.csv"), out=str(sub), tta_flip=True, scales=None,
-                   overlay=True, no_zip=False, device=None)
+                   overlay=True, no_zip=False, device=None, overwrite=True)
     if rc != 0:
         return rc
 

@@ -1,7 +1,6 @@
-"""Errors that are the user's to fix (bad input, options or files): the CLI shows them as
-one line, while any other exception is an internal error shown with its traceback."""
+"""The user-error type the CLI shows as one line (defined with the data layer, which raises it too)."""
 from __future__ import annotations
 
+from data_prep.errors import UserError
 
-class UserError(ValueError):
-    """A problem with what the user gave (a path, an option, a file); one line, exit 2."""
+__all__ = ["UserError"]

@@ -184,7 +184,7 @@ def test_single_gpu_id_trains_on_that_card(monkeypatch, capsys):
     seen = []
 
     class FakeTrainer:
-        def __init__(self, cfg, resume=False, device=None):
+        def __init__(self, cfg, resume=False, device=None, **_):
             seen.append(select_device(device))
 
         def run(self):

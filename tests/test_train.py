@@ -220,7 +220,7 @@ def test_real_nan_loss_stops_the_run_and_exits_3(prepared_synth, tmp_path, monke
     _loss_turning_nan_at(monkeypatch, 3)
     # the third step is NaN: two steps done, so the trainer's 0-based step counter reads 2
     trainer = Trainer(load_config(CONFIG, tiny_train_opts(lists, tmp_path / "a", iters=6, val_interval=6)), quiet=True)
-    with pytest.raises(TrainingStopped, match=r"stage 0 iter 2: loss is nan \(limit train.max_loss="):
+    with pytest.raises(TrainingStopped, match=r"stage 0 iter 3: loss is nan \(limit train.max_loss=.*no checkpoint was written yet"):
         trainer.run()
     assert [it for _, it, _ in trainer.history] == [1, 2]
     assert all(np.isfinite(loss) for _, _, loss in trainer.history)
@@ -229,4 +229,4 @@ def test_real_nan_loss_stops_the_run_and_exits_3(prepared_synth, tmp_path, monke
     code = cli.main(["train", "--config", str(CONFIG), "--device", "cpu", "--opts",
                      *tiny_train_opts(lists, tmp_path / "b", iters=6, val_interval=6)])
     assert code == 3
-    assert "error: stage 0 iter 2: loss is nan" in capsys.readouterr().err
+    assert "error: stage 0 iter 3: loss is nan" in capsys.readouterr().err

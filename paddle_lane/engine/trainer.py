@@ -18,15 +18,18 @@ import paddle.distributed as dist
 from tqdm import tqdm
 
 from data_prep.labels import load_scheme
-from paddle_lane.config import Config, save_config
+from paddle_lane.config import Config, save_config, to_dict
 from paddle_lane.data.dataset import (LaneDataset, StageBatchSampler, loader_worker_init, rare_class_weights,
                                       read_list)
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.device import is_gpu, select_device
+from data_prep.io_utils import atomic_write_text
 from data_prep.procs import StallWatchdog
 from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights,
                                            newest_intact_checkpoint, prune, read_state, save_checkpoint)
 from paddle_lane.engine.monitor import Monitor
+from paddle_lane.engine.run_dir import (check_fresh_start, check_resume_config, clear_stale_temps, holds_run,
+                                        move_aside)
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.engine.validation import sample_val_rows, validate_frames
 from paddle_lane.losses import build_loss
@@ -70,6 +73,21 @@ def load_stats(cfg: Config) -> dict:
     return stats
 
 
+def trim_metrics(path: Path, stage: int, it: int) -> None:
+    """Drop the records after a resume point, so a resumed run never logs an iteration twice."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError:
+            continue  # a line cut by a kill
+        if (rec.get("stage", 0), rec.get("iter", 0)) <= (stage, it):
+            kept.append(line)
+    atomic_write_text(path, "".join(x + "\n" for x in kept))
+
+
 def reseed(seed: int, stage: int, it: int, rank: int) -> None:
     """Re-seed Paddle's RNG (dropout etc.) at every checkpoint, so a resumed run draws the
     same random numbers as the uninterrupted one from that point on."""
@@ -79,7 +97,8 @@ def reseed(seed: int, stage: int, it: int, rank: int) -> None:
 class Trainer:
     """Runs every stage of a config; rank 0 writes logs and checkpoints."""
 
-    def __init__(self, cfg: Config, resume: bool = False, device: str | None = None, quiet: bool = False):
+    def __init__(self, cfg: Config, resume: bool = False, device: str | None = None, quiet: bool = False,
+                 force: bool = False, allow_config_change: bool = False):
         self.cfg, self.resume, self.quiet = cfg, resume, quiet
         self.world = dist.get_world_size()
         self.rank = dist.get_rank()
@@ -88,6 +107,7 @@ class Trainer:
             dist.init_parallel_env()
         self.main = self.rank == 0
         self.out = Path(cfg.train.output_dir)
+        self._claim_output(force, allow_config_change)
         self.scheme = load_scheme(cfg.data.scheme)
         self.stats = load_stats(cfg)
         self.train_df = read_list(Path(cfg.data.lists_dir) / "train.csv")
@@ -105,11 +125,28 @@ class Trainer:
         paddle.seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
         self.history: list[tuple[int, int, float]] = []  # (stage, iter, loss) of this process
-        self.monitor = Monitor(self.out / "vdl", [st.iters for st in cfg.stages], enabled=self.main,
-                               quiet=quiet or not self.main)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yml")
+        self.monitor = Monitor(self.out / "vdl", [st.iters for st in cfg.stages], enabled=self.main,
+                               quiet=quiet or not self.main)
+
+    def _claim_output(self, force: bool, allow_config_change: bool) -> None:
+        """A folder that holds a run is continued (--resume, with the run's own config) or moved
+        aside (--force), never trained into afresh; every rank checks, rank 0 acts."""
+        if self.resume:
+            accepted = check_resume_config(self.out, to_dict(self.cfg), allow_config_change)
+            if accepted and self.main:
+                print("resuming with plan changes: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in accepted))
+        elif holds_run(self.out) and not force:
+            check_fresh_start(self.out, force=False)  # raises, naming the options
+        if self.main:
+            if not self.resume and holds_run(self.out):
+                print(f"moved the previous run in {self.out} aside to {move_aside(self.out)}")
+            for p in clear_stale_temps(self.out):
+                print(f"removed {p} (left by an interrupted checkpoint save)")
+        if self.world > 1:
+            dist.barrier()
 
     # ------------------------------------------------------------------ setup helpers
     def _amp_level(self):
@@ -151,7 +188,11 @@ class Trainer:
                 start_stage = resume_state["stage"]
                 if self.main and not self.quiet:
                     print(f"resuming from {resume_dir}")
-                if resume_state.get("stage_done"):
+                if self.main:
+                    trim_metrics(self.out / "metrics.jsonl", start_stage, resume_state["iter"])
+                # done by this config's plan (a resume may add iterations), or stopped early
+                if resume_state.get("stopped_early") or (
+                        start_stage < len(self.cfg.stages) and resume_state["iter"] >= self.cfg.stages[start_stage].iters):
                     start_stage += 1
                     resume_state, resume_dir = None, None
             elif self.main:
@@ -254,6 +295,7 @@ class Trainer:
         batches = iter(loader)
         try:
             t_fetch = self._since_val = time.perf_counter()
+            self._last_save = time.monotonic()
             while True:
                 self._stop_if_signalled(stage_dir, model, optimizer, state_now())
                 awaited = [keys[g % n_train] for g in next(expected, [])]
@@ -292,6 +334,8 @@ class Trainer:
                         if self.main and not self.quiet:
                             print(f"\nearly stop: no improvement in {bad_vals} validations (best {best:.4f} at {best_iter})")
                         break
+                elif self._checkpoint_due(it):  # a killed run loses minutes, not a validation interval
+                    self._save(stage_dir, model, optimizer, state_now(loss=loss_value), improved=False)
                 t_fetch = time.perf_counter()
         finally:
             watchdog.close()
@@ -302,7 +346,7 @@ class Trainer:
         if self.main and stopped_early:
             # mark the stage finished so --resume moves on to the next stage
             last = list_checkpoints(self.out)[-1]
-            save_checkpoint(last, model, optimizer, {**read_state(last), "stage_done": True})
+            save_checkpoint(last, model, optimizer, {**read_state(last), "stage_done": True, "stopped_early": True})
         if self.world > 1:
             dist.barrier()
         return StageResult(stage_idx, best, best_iter, it, stopped_early, str(stage_dir / "best"), val is not None)
@@ -314,10 +358,11 @@ class Trainer:
             total, terms = loss_fn(logits, labels)
         loss_value = float(total)
         if not math.isfinite(loss_value) or loss_value > self.cfg.train.max_loss:
+            newest = list_checkpoints(self.out)
+            kept = f"the newest checkpoint is {newest[-1]}" if newest else "no checkpoint was written yet"
             raise TrainingStopped(
-                f"stage {stage_idx} iter {it}: loss is {loss_value} (limit train.max_loss={self.cfg.train.max_loss}); "
-                f"stopped. Last good checkpoint kept in {self.out / f'stage{stage_idx}'}. "
-                f"Lower the LR or enable optimizer.grad_clip.")
+                f"stage {stage_idx} iter {it + 1}: loss is {loss_value} (limit train.max_loss={self.cfg.train.max_loss}); "
+                f"stopped; {kept}. Lower the LR or enable optimizer.grad_clip.")
         if scaler is not None:
             scaler.scale(total).backward()
             scaler.step(optimizer)
@@ -330,8 +375,16 @@ class Trainer:
         lr.step()
         return loss_value, {k: float(v) for k, v in terms.items()}, cur_lr
 
+    def _checkpoint_due(self, it: int) -> bool:
+        """Every train.checkpoint_interval iterations, or train.checkpoint_minutes after the last save."""
+        t = self.cfg.train
+        by_iters = t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0
+        by_time = t.checkpoint_minutes > 0 and time.monotonic() - self._last_save >= 60 * t.checkpoint_minutes
+        return by_iters or by_time
+
     def _save(self, stage_dir: Path, model, optimizer, state: dict, improved: bool) -> None:
         """Rank 0 writes the periodic checkpoint, the best one, and prunes old ones."""
+        self._last_save = time.monotonic()
         if not self.main:
             return
         save_checkpoint(stage_dir / f"iter_{state['iter']:07d}", model, optimizer, state)

@@ -84,13 +84,16 @@ def _predictor(cfg, checkpoints: str, weights: str | None = None, flip: bool | N
 def run_infer(config: str | None, opts: list[str] | None, checkpoints: str, weights: str | None,
               images_dir: str | None, list_csv: str | None, out: str, tta_flip: bool | None = None,
               scales: str | None = None, overlay: bool = False, no_zip: bool = False,
-              device: str | None = None) -> int:
-    """Predict a folder or list into a submission, then validate it; 0 when complete and valid."""
+              device: str | None = None, overwrite: bool = False) -> int:
+    """Predict a folder or list into a submission, then validate it; 0 when complete and valid.
+    The folder's manifest must match this recipe to resume it (see infer/manifest.py)."""
+    from paddle_lane.infer.manifest import build_manifest, claim_folder
     from paddle_lane.infer.submission import format_summary, validate_submission, write_submission
     cfg = load_config(config, opts)
     images = images_from(images_dir, list_csv, exclude=[out])
     predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device)
     print(describe(predictor))
+    print(claim_folder(Path(out), build_manifest(predictor, cfg), overwrite))
     summary = write_submission(predictor, images, out, cfg.infer.name_suffix, overlay=overlay,
                                zip_output=not no_zip, workers=SUBMISSION_WORKERS)
     print(format_summary(summary))
