@@ -114,7 +114,7 @@ def _check_dirs(pred_dir: Path, gt_dir: Path) -> list[Path]:
     for what, d in (("prediction", pred_dir), ("ground-truth", gt_dir)):
         if not d.is_dir():
             raise UserError(f"{what} folder not found: {d}")
-    gt_files = sorted(gt_dir.rglob("*.png"))
+    gt_files = sorted(p for p in gt_dir.rglob("*.png") if not p.name.startswith("."))  # temp files are hidden
     if not gt_files:
         raise UserError(f"no *.png ground truth under {gt_dir}")
     return gt_files
@@ -139,7 +139,7 @@ def _pair_files(pred_dir: Path, gt_files: list[Path], pred_suffix: str) -> tuple
 
     Returns the jobs, the extra-prediction problems and the duplicate-name problems.
     """
-    preds = _index_by_name(sorted(pred_dir.rglob("*.png")))
+    preds = _index_by_name(sorted(p for p in pred_dir.rglob("*.png") if not p.name.startswith(".")))
     gts = _index_by_name(gt_files)
     wanted = {f"{Path(name).stem}{pred_suffix}.png" for name in gts}
     jobs = []

@@ -296,3 +296,21 @@ def test_sigkill_of_prepare_leaves_no_pool_worker(prepared_synth, tmp_path):
     while any(psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE for k in kids):
         assert time.monotonic() < deadline, "a pool worker outlived the killed prepare"
         time.sleep(0.1)
+
+
+def test_temp_files_of_a_killed_infer_are_removed_and_never_scored(prepared_synth, tmp_path):
+    _, lists = prepared_synth
+    run = tmp_path / "run"
+    Trainer(load_config(CONFIG, tiny_train_opts(lists, run, iters=2, val_interval=2)), quiet=True).run()
+    sub = tmp_path / "sub"
+    args = ["infer", "--config", str(run / "config.yml"), "--checkpoint", str(run / "stage0" / "best"),
+            "--list", str(lists / "val.csv"), "--out", str(sub), "--tta", "none"]
+    assert cli.main(args) == 0
+    stale = sub / f".{next(sub.glob('*.png')).name}.k2j3h4.png"  # what atomic_path leaves when killed
+    stale.write_bytes(b"partial")
+    from paddle_lane.scorer import score_folders
+    gt_dir = Path(pd.read_csv(lists / "val.csv")["label"][0]).parent
+    report = score_folders(sub, gt_dir, "apollo8", workers=1, progress=False)
+    assert not any(stale.name in p["file"] for p in report.problems)
+    assert cli.main(args) == 0
+    assert not stale.exists()

@@ -98,6 +98,8 @@ def write_submission(predictor, images: Sequence[tuple[str, str]], out_dir: str 
     start = time.perf_counter()
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    for stale in [*out_dir.glob(".*.png.*"), *out_dir.glob(f"{OVERLAY_DIR}/.*.jpg.*")]:
+        stale.unlink(missing_ok=True)  # temp files of a killed run (atomic writes: never a final name)
     names = [output_name(path, name_suffix) for _, path in images]
     _check_unique(names, images)
     outs = [out_dir / n for n in names]
@@ -195,7 +197,7 @@ def validate_submission(out_dir: str | Path, expected: Sequence[str], name_suffi
     scheme = load_scheme(scheme) if isinstance(scheme, str) else scheme
     hint = f" (scheme {scheme.name} writes {sorted({c.submit_id for c in scheme.classes})})"
     wanted = dict(_expected_entry(item, name_suffix) for item in expected)
-    present = {p.name: p for p in out_dir.glob("*.png")}
+    present = {p.name: p for p in out_dir.glob("*.png") if not p.name.startswith(".")}
     problems = []
     if len(present) != len(wanted):
         problems.append(f"count: {len(present)} PNG(s) in {out_dir}, {len(wanted)} expected")
