@@ -171,3 +171,39 @@ def test_visualdl_steps_are_one_curve_across_stages(prepared_synth, tmp_path):
     assert [r.id for r in reader.get_data("scalar", "train/loss")] == list(range(1, 8))
     assert [r.value for r in reader.get_data("scalar", "train/stage")] == [0, 0, 0, 0, 1, 1, 1]
     assert [r.id for r in reader.get_data("scalar", "val/miou")] == [2, 4, 6, 7]
+
+
+def test_resume_keeps_the_best_checkpoint_of_the_uninterrupted_run(prepared_synth, tmp_path, monkeypatch):
+    """Stopped at iteration 5 (SIGTERM in-process) and resumed: best/ holds the same iteration,
+    score and weights as a run that was never stopped. Validation scores are scripted so the
+    best comes before the stop (iteration 4) and a later, worse one must not replace it."""
+    import paddle
+    _, lists = prepared_synth
+    scripted = {2: 0.5, 4: 0.9, 6: 0.3, 8: 0.4}
+    monkeypatch.setattr(Trainer, "validate", lambda self, net, val, stage, it: scripted[it])
+
+    def opts(name):
+        return tiny_train_opts(lists, tmp_path / name, iters=8, val_interval=2) + ["train.keep_last=8"]
+
+    Trainer(load_config(CONFIG, opts("straight")), quiet=True).run()
+    stopped = Trainer(load_config(CONFIG, opts("stopped")), quiet=True)
+    real_step = stopped.monitor.train_step
+
+    def step_then_signal(stage, it, *args):
+        real_step(stage, it, *args)
+        if it == 5:
+            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends; the trainer only sets a flag
+
+    stopped.monitor.train_step = step_then_signal
+    from paddle_lane.engine.trainer import TrainingInterrupted
+    with pytest.raises(TrainingInterrupted):
+        stopped.run()
+    Trainer(load_config(CONFIG, opts("stopped")), resume=True, quiet=True).run()
+    a = json.loads((tmp_path / "straight" / "stage0" / "best" / "state.json").read_text())
+    b = json.loads((tmp_path / "stopped" / "stage0" / "best" / "state.json").read_text())
+    assert (a["best_iter"], a["iter"]) == (b["best_iter"], b["iter"]) == (4, 4)
+    assert a["best_miou"] == pytest.approx(b["best_miou"], abs=1e-6)
+    wa = paddle.load(str(tmp_path / "straight" / "stage0" / "best" / "model.pdparams"))
+    wb = paddle.load(str(tmp_path / "stopped" / "stage0" / "best" / "model.pdparams"))
+    for k in wa:
+        np.testing.assert_allclose(wa[k].numpy(), wb[k].numpy(), rtol=1e-5, atol=1e-6)
