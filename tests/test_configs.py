@@ -1,13 +1,16 @@
 """Shipped configs: all load, names follow the naming rule and say what the file resolves to,
-recipe values are pinned, and an error inside a `_base_` file names that file."""
+recipe values are pinned (down to the dataclass defaults the files leave unset), the default
+submission names are the label names, and an error inside a `_base_` file names that file."""
 from __future__ import annotations
 
+import csv
 import re
+from pathlib import Path
 
 import pytest
 
-from conftest import ROOT
-from paddle_lane.config import ConfigError, load_config
+from conftest import ROOT, real_data_or_skip
+from paddle_lane.config import ConfigError, load_config, to_dict
 
 CONFIGS = sorted((ROOT / "configs").glob("*.yml"))
 BASES = sorted((ROOT / "configs" / "_base_").rglob("*.yml"))
@@ -154,3 +157,66 @@ def test_error_in_a_base_file_names_that_file(tmp_path, bad, message):
     with pytest.raises(ConfigError, match=r"unknown key 'train\.log_itnerval'") as err:
         load_config(child)
     assert str(err.value).startswith(f"{child}: ")
+
+
+# What a user of the competition recipe gets for every data, prepare, loss, optimizer, schedule, train and
+# infer value: the keys set in configs/_base_ (datasets/apollo8.yml, schedules/*.yml, default_runtime.yml)
+# and the recipe, and the dataclass defaults of paddle_lane/config.py for the rest. Whole sections are
+# compared, so a new or renamed field shows up here too.
+RECIPE = "deeplabv3p_r50vd-os8_2xb8-3x16k_apollo8-768x256-1536x512.yml"
+RESOLVED_SECTIONS = {
+    "data": {"lists_dir": "out/prepare", "scheme": "apollo8", "ignore_policy": "background",
+             "crop_offset": 690, "frame_height": 1710, "use_cache": True, "label_resize": "nearest",
+             "num_workers": 2, "loader_timeout": 300.0, "oversample_rare": 0.0,
+             "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225]},
+    "prepare": {"val_fraction": 0.2, "seed": 0, "workers": 2, "class_weight": "inverse_log",
+                "clean": {"max_overexposed_fraction": None, "min_lane_pixels": 0},
+                "cache": False, "stats_reduce": 4},
+    "loss": [{"type": "ce", "weight": 1.0, "class_weights": True, "gamma": 2.0},
+             {"type": "dice", "weight": 1.0, "class_weights": False, "gamma": 2.0}],
+    "optimizer": {"type": "adam", "momentum": 0.9, "weight_decay": 0.0001, "grad_clip": 5.0,
+                  "betas": [0.9, 0.999]},
+    "schedule": {"type": "poly", "warmup_iters": 200, "warmup_start": 0.1, "power": 0.9, "min_lr": 0.0,
+                 "step_size": 1000, "gamma": 0.1, "cycle_iters": 1000, "max_lr_factor": 10.0},
+    "train": {"output_dir": "runs/deeplabv3p_r50vd_os8", "seed": 0, "val_interval": 2000, "log_interval": 20,
+              "keep_last": 2, "patience": 0, "amp": None, "max_loss": 10000.0, "vis_images": 4,
+              "max_val_images": 500, "checkpoint_interval": 0, "checkpoint_minutes": 5.0},
+    "infer": {"flip": True, "scales": [0.75, 1.0, 1.25], "batch_size": 1, "num_workers": 2, "stage": -1,
+              "window": [], "window_stride": [], "name_suffix": "_bin.png"},
+}
+
+
+@pytest.mark.parametrize("section", sorted(RESOLVED_SECTIONS))
+def test_recipe_resolves_to_the_pinned_values(section):
+    """Every value of the section as the recipe resolves it, file-set and dataclass default alike."""
+    resolved = to_dict(load_config(ROOT / "configs" / RECIPE))[section]
+    assert resolved == RESOLVED_SECTIONS[section]
+    # same values and the same types: 300 (int) where 300.0 is meant would hide a schema change
+    assert repr(resolved) == repr(RESOLVED_SECTIONS[section])
+
+
+def _assert_submission_names(pairs: list[tuple[str, str]]) -> None:
+    """output_name(image, the recipe's infer.name_suffix) is the file name of the image's label."""
+    from paddle_lane.infer.submission import output_name
+    suffix = load_config(ROOT / "configs" / RECIPE).infer.name_suffix
+    assert pairs
+    for image, label in pairs:
+        assert output_name(image, suffix) == Path(label).name, image
+
+
+def test_default_name_suffix_gives_the_real_label_names():
+    """On the real dev pairs: every image's submission name equals its ground-truth file name."""
+    root = real_data_or_skip()
+    with open(root / "pairs.csv", newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    _assert_submission_names([(r["image"], r["label"]) for r in rows] + [(r["image"], r["label_alt"]) for r in rows])
+
+
+def test_default_name_suffix_gives_the_synthetic_label_names(tmp_path):
+    """On a synthetic dataset in the competition layout: the same rule, image stem + suffix = label name."""
+    from data_prep.synth import make_dataset
+    data = make_dataset(tmp_path, roads=("Road02",), records_per_road=1, frames_per_record=1,
+                        width=64, height=32, palette_labels=True)
+    pairs = data["pairs"]
+    assert len(pairs) == 2
+    _assert_submission_names([(p["image"], p["label"]) for p in pairs] + [(p["image"], p["label_alt"]) for p in pairs])

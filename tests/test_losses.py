@@ -1,4 +1,4 @@
-"""Losses: numpy reference for CE, finiteness in degenerate batches, ordering, config building."""
+"""Losses: numpy references for CE and weighted focal, finiteness in degenerate batches, ordering, config."""
 from __future__ import annotations
 
 import numpy as np
@@ -211,3 +211,33 @@ def test_build_loss_rejects_weights_on_unweighted_type_and_unknown_type():
         build_loss([LossTerm(type="dice", class_weights=True)], C, [1.0] * C)
     with pytest.raises(ConfigError, match=r"loss\.0\.type"):
         build_loss([LossTerm(type="hinge")], C, None)
+
+
+def test_weighted_focal_matches_hand_computation_on_2x2():
+    """Class-weighted focal loss on a 2x2 frame: sum_i w[y_i] (1-p_i)^g (-log p_i) / sum_i w[y_i] over valid pixels.
+
+    The normalisation is the one FocalLoss documents ("averaged like CrossEntropy"): the weighted
+    mean of torch/paddle cross-entropy, so gamma=0 gives exactly the weighted CE and the loss scale
+    does not change with the weights' overall size; the ignore pixel adds to neither sum."""
+    # softmax probabilities chosen per pixel; logits = log(p) reproduce them exactly
+    probs = np.array([[[0.5, 0.25, 0.25], [0.2, 0.6, 0.2]],
+                      [[0.1, 0.1, 0.8], [0.3, 0.3, 0.4]]])          # [H, W, C]
+    labels = np.array([[[0, 1], [2, IGNORE]]], np.int64)           # [1, H, W]
+    logits = np.log(probs).transpose(2, 0, 1)[None].astype(np.float32)
+    weights, gamma = [1.0, 2.0, 0.5], 2.0
+    # p_t = 0.5, 0.6, 0.8 for classes 0, 1, 2 (weights 1, 2, 0.5)
+    p_t = np.array([0.5, 0.6, 0.8])
+    w = np.array([1.0, 2.0, 0.5])
+    terms = -w * (1 - p_t) ** gamma * np.log(p_t)  # 0.25*0.6931, 2*0.16*0.5108, 0.5*0.04*0.2231
+    expected = terms.sum() / w.sum()
+    assert expected == pytest.approx(0.0974898, abs=1e-6)
+    unweighted = (-(1 - p_t) ** gamma * np.log(p_t)).mean()
+    assert abs(expected - unweighted) > 0.009  # the weights move the value
+    got = float(FocalLoss(gamma=gamma, class_weights=weights)(*tensors(logits, labels)))
+    assert got == pytest.approx(expected, rel=1e-5)
+    assert float(FocalLoss(gamma=gamma)(*tensors(logits, labels))) == pytest.approx(unweighted, rel=1e-5)
+    scaled = FocalLoss(gamma=gamma, class_weights=[10 * v for v in weights])
+    assert float(scaled(*tensors(logits, labels))) == pytest.approx(expected, rel=1e-5)  # sum w cancels
+    # gamma = 0: the weighted cross-entropy, sum w * -log p_t / sum w
+    ce = float((-w * np.log(p_t)).sum() / w.sum())
+    assert float(FocalLoss(gamma=0.0, class_weights=weights)(*tensors(logits, labels))) == pytest.approx(ce, rel=1e-5)

@@ -1,4 +1,5 @@
-"""SegMetric against confusion matrices computed by hand on tiny arrays."""
+"""SegMetric against confusion matrices computed by hand on tiny arrays, and the packed and
+fast counting paths at their limits against a reference count."""
 import json
 import math
 
@@ -156,3 +157,61 @@ def test_packed_confusion_refuses_predictions_outside_the_classes():
         packed_confusion(PRED.astype(np.int32), _codes(GT), 3)
     with pytest.raises(ValueError, match="shape"):
         packed_confusion(PRED[:2], _codes(GT), 3)
+
+
+def _count_pairs(gt: np.ndarray, pred: np.ndarray, n: int, ignore: int) -> np.ndarray:
+    """Reference confusion: one boolean count per (gt, pred) pair, ignore pixels skipped."""
+    out = np.zeros((n, n), np.int64)
+    for g in range(n):
+        on_g = gt == g
+        for p in range(n):
+            out[g, p] = np.count_nonzero(on_g & (pred == p))
+    assert out.sum() == np.count_nonzero(gt != ignore)
+    return out
+
+
+def test_packed_confusion_is_exact_on_frames_of_2_24_pixels_and_more():
+    """Above 2**24 pixels (4097x4097) the counts stay exact: float32 histogram bins would round an odd count."""
+    side = 4097
+    gt = np.zeros((side, side), np.uint8)
+    pred = np.zeros((side, side), np.uint8)
+    gt[0, :4], pred[0, :2] = 1, 1          # lane_a: 2 hits, 2 missed as bg
+    gt[1, :3], pred[1, 0] = 2, 1           # lane_b: 1 as lane_a, 2 as bg
+    gt[2, :2], pred[2, :2] = I, 2          # ignored
+    pred[3, :5] = 2                        # bg: 5 called lane_b
+    expected = np.zeros((3, 3), np.int64)
+    expected[1, 1], expected[1, 0], expected[2, 1], expected[2, 0], expected[0, 2] = 2, 2, 1, 2, 5
+    expected[0, 0] = side * side - 14      # 16785395: odd and above 2**24, not a float32 value
+    assert expected[0, 0] > 1 << 24 and expected[0, 0] % 2 == 1
+    np.testing.assert_array_equal(_count_pairs(gt, pred, 3, I), expected)
+    got = packed_confusion(pred, _codes(gt), 3)
+    assert got.dtype == np.int64
+    np.testing.assert_array_equal(got, expected)
+
+
+def test_pair_code_lut_packs_up_to_15_classes():
+    """15 classes: class c -> 15*c (at most 210), anything else -> 255; 16 classes do not fit a byte."""
+    train_lut = np.full(256, 255, np.uint8)
+    train_lut[:15] = np.arange(15)
+    train_lut[20] = 15  # not a class of 15: ignored like 255
+    codes = pair_code_lut(train_lut, 15)
+    assert codes.dtype == np.uint8
+    np.testing.assert_array_equal(codes[:15], [0, 15, 30, 45, 60, 75, 90, 105, 120, 135, 150, 165, 180, 195, 210])
+    assert (codes[15:] == 255).all()
+    with pytest.raises(ValueError, match="up to 15 classes, got 16"):
+        pair_code_lut(np.arange(256), 16)
+
+
+@pytest.mark.parametrize("n, ignore", [(3, 21844), (3, 21845), (8, 8191), (8, 8192)])
+def test_joint_counts_fast_path_boundary(n, ignore):
+    """gt values up to (2**16)//n - 1 take the uint16 bincount, from (2**16)//n the masked one; both count
+    exactly (at the boundary the uint16 code gt*n + pred would wrap into a real class's row)."""
+    assert ignore in ((1 << 16) // n - 1, (1 << 16) // n)
+    rng = np.random.default_rng(ignore)
+    gt = rng.integers(0, n, (9, 11)).astype(np.int32)
+    gt[rng.random((9, 11)) < 0.4] = ignore
+    pred = rng.integers(0, n, (9, 11)).astype(np.uint8)
+    pred[gt == ignore] = n - 1  # the largest code under ignore: wraps first
+    m = SegMetric(n, ignore_index=ignore)
+    m.update(pred, gt)
+    np.testing.assert_array_equal(m.confusion, _count_pairs(gt, pred, n, ignore))

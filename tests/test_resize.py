@@ -1,11 +1,13 @@
-"""The shared geometry: full-size argmax equals bilinear upsampling of every class plane
+"""The shared geometry: shrinking averages pixel areas (checked against block means and an
+overlap-weight reference), and full-size argmax equals bilinear upsampling of every class plane
 followed by argmax (ties to the lower class), with background above the crop."""
 from __future__ import annotations
 
 import cv2
 import numpy as np
+import pytest
 
-from data_prep.resize import argmax_full_size
+from data_prep.resize import argmax_full_size, resize_image
 
 
 def _reference(probs: np.ndarray, offset: int, full_size: tuple[int, int]) -> np.ndarray:
@@ -26,3 +28,47 @@ def test_argmax_full_size_ties_go_to_the_lower_class():
     probs[3] = probs[5] = 1.0
     out = argmax_full_size(probs, 4, (40, 20))
     assert (out[:4] == 0).all() and (out[4:] == 3).all()
+
+
+def _area_weights(dst: int, src: int) -> np.ndarray:
+    """[dst, src] share of each source pixel [j, j+1) in target pixel i's span
+    [i*s, (i+1)*s), s = src/dst, normalised by s so each row sums to 1."""
+    s = src / dst
+    m = np.zeros((dst, src))
+    for i in range(dst):
+        for j in range(src):
+            m[i, j] = max(0.0, min((i + 1) * s, j + 1) - max(i * s, j)) / s
+    return m
+
+
+def _area_reference(rgb: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Pixel-area average of an HxWx3 image shrunk to size (w, h), in float64."""
+    w, h = size
+    return np.einsum("ij,jkc,lk->ilc", _area_weights(h, rgb.shape[0]), rgb.astype(np.float64),
+                     _area_weights(w, rgb.shape[1]))
+
+
+def test_shrink_by_an_integer_factor_is_the_block_mean():
+    """12x8 -> 4x2 (3x4 blocks): each output pixel is the mean of its source block (area, not bilinear)."""
+    rgb = np.random.default_rng(1).random((8, 12, 3)).astype(np.float32) * 255
+    out = resize_image(rgb, (4, 2))
+    assert out.shape == (2, 4, 3)
+    for y in range(2):
+        for x in range(4):
+            block = rgb[4 * y:4 * y + 4, 3 * x:3 * x + 3].astype(np.float64)
+            np.testing.assert_allclose(out[y, x], block.mean(axis=(0, 1)), rtol=0, atol=1e-3)
+    # by hand: a few bright pixels, each spread over its 4x3 block of 12 pixels
+    dots = np.zeros((8, 12, 3), np.uint8)
+    dots[0, 0], dots[7, 11], dots[5, 4], dots[6, 5] = 240, 120, 24, 36
+    expected = np.array([[20, 0, 0, 0],
+                         [0, 5, 0, 10]], np.uint8)  # 240/12, (24+36)/12, 120/12
+    np.testing.assert_array_equal(resize_image(dots, (4, 2)), np.repeat(expected[..., None], 3, axis=2))
+
+
+@pytest.mark.parametrize("src, dst", [((7, 5), (3, 2)), ((10, 7), (4, 3)), ((11, 9), (4, 5))])
+def test_shrink_by_a_fractional_factor_weights_pixels_by_overlap(src, dst):
+    """Non-integer shrink factors: every source pixel counts with the area it shares with the target pixel."""
+    rgb = np.random.default_rng(2).random((src[1], src[0], 3)).astype(np.float32) * 255
+    np.testing.assert_allclose(resize_image(rgb, dst), _area_reference(rgb, dst), rtol=0, atol=1e-3)
+    u8 = rgb.round().astype(np.uint8)  # the dtype images have: the exact average, rounded
+    assert np.abs(resize_image(u8, dst).astype(np.float64) - _area_reference(u8, dst)).max() <= 0.5 + 1e-9

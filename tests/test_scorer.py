@@ -1,4 +1,5 @@
-"""Folder scoring on tiny synthetic Apollo-id PNGs, and on the real dev pairs when present."""
+"""Folder scoring on tiny synthetic Apollo-id PNGs (known answers counted by hand, problems and
+counts), and on the real dev pairs when present."""
 import csv
 import json
 import math
@@ -244,3 +245,161 @@ def test_out_of_range_prediction_raises_naming_the_values(n):
     pred[0, 0], pred[3, 4] = n, n + 3
     with pytest.raises(ValueError, match=rf"pred holds value\(s\) \[{n}, {n + 3}\] outside \[0, {n}\)"):
         frame_confusion(pred, np.zeros((4, 5), np.uint8), gt_lut, n)
+
+
+# --- known answers, counted by hand ---
+
+APOLLO9 = load_scheme("apollo9")
+# Ground truth (Apollo ids). 218/219 (chevron) and 213 are ignoreInEval, 249 is noise, 255 the ego hood:
+# the evaluation table drops all of them, although apollo9's training table makes 218/219 class 8
+# (chevron) and 213, 249, 255 background.
+GT9 = np.array([[0, 0, 200, 200, 218, 218],
+                [0, 0, 200, 204, 219, 213],
+                [255, 255, 249, 249, 0, 0],
+                [217, 217, 0, 0, 210, 210]], np.uint8)
+# Prediction (Apollo ids): 204 counts as dividing, 218 as chevron.
+PRED9 = np.array([[0, 200, 200, 0, 0, 218],
+                  [0, 0, 204, 204, 218, 200],
+                  [0, 217, 0, 0, 0, 218],
+                  [217, 0, 0, 0, 210, 0]], np.uint8)
+# In train ids the 16 scored pixels are (gt rows 0-1 cols 4-5 and row 2 cols 0-3 are excluded):
+#   gt  0 0 1 1 . .    pred 0 1 1 0 . .
+#       0 0 1 1 . .         0 0 1 1 . .
+#       . . . . 0 0         . . . . 0 8
+#       3 3 0 0 4 4         3 0 0 0 4 0
+# rows = ground truth (background, dividing, guiding, stopping, parking, zebra, thru_turn, reduction, chevron)
+CONFUSION9 = np.zeros((9, 9), np.int64)
+CONFUSION9[0, 0], CONFUSION9[0, 1], CONFUSION9[0, 8] = 6, 1, 1
+CONFUSION9[1, 0], CONFUSION9[1, 1] = 1, 3
+CONFUSION9[3, 0], CONFUSION9[3, 3] = 1, 1
+CONFUSION9[4, 0], CONFUSION9[4, 4] = 1, 1
+NAN = math.nan
+# IoU = tp / (gt + pred - tp): background 6/(8+9-6), dividing 3/(4+4-3), stopping and parking 1/(2+1-1);
+# chevron is predicted once but never in the evaluated ground truth: IoU 0, counted; the rest are absent.
+IOU9 = [6 / 11, 3 / 5, NAN, 1 / 2, 1 / 2, NAN, NAN, NAN, 0.0]
+
+
+def _assert_ious(report, expected):
+    got = [c["iou"] for c in report.results["per_class"]]
+    assert got == pytest.approx(expected, nan_ok=True)
+
+
+def test_frame_confusion_maps_ground_truth_with_the_evaluation_table():
+    """frame_confusion with apollo9's eval table gives the hand-counted confusion (ignoreInEval ids dropped)."""
+    from data_prep.labels import apply_lut
+    from paddle_lane.scorer import frame_confusion
+    pred = apply_lut(PRED9, APOLLO9.pred_lut())
+    np.testing.assert_array_equal(frame_confusion(pred, GT9, APOLLO9.eval_lut(), 9), CONFUSION9)
+
+
+def test_score_folders_uses_the_evaluation_table_not_the_training_table(tmp_path):
+    """apollo9 (whose eval and training tables differ on 213, 218, 219, 249, 255): confusion, IoUs and means by hand."""
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    _write(gt, "f_bin.png", GT9)
+    _write(pred, "f_bin.png", PRED9)
+    report = score_folders(pred, gt, APOLLO9, workers=1, progress=False)
+    np.testing.assert_array_equal(report.confusion, CONFUSION9)
+    _assert_ious(report, IOU9)
+    assert report.miou == pytest.approx((6 / 11 + 3 / 5 + 1 / 2 + 1 / 2 + 0) / 5)
+    assert report.miou_lanes == pytest.approx((3 / 5 + 1 / 2 + 1 / 2 + 0) / 4)
+    assert report.results["pixel_accuracy"] == pytest.approx(11 / 16)
+    assert report.results["scored_pixels"] == 16
+    assert report.results["per_class"][8]["status"] == "false positives only"
+    assert report.problems == []
+
+
+def test_apollo8_known_answer_over_two_frames(dirs):
+    """apollo8, predictions a few pixels off the ground truth in two frames: confusion, IoUs and means by hand."""
+    gt, pred = dirs
+    a = FRAME_A.copy()
+    a[0, 0] = 0      # dividing pixel missed
+    a[5, 0] = 204    # background called dividing
+    a[3, 4] = 203    # another guiding id: still correct
+    a[4, 7] = 217    # guiding called stopping
+    b = FRAME_B.copy()
+    b[2, 0:2] = 0    # two zebra pixels missed
+    b[5, :] = 210    # parking over the ego hood (255): not scored
+    b[0, 0] = 214    # background called zebra
+    _write(pred, "a_bin.png", a)
+    _write(pred, "b_bin.png", b)
+    report = _score(pred, gt)
+    # A: 32 background (31 right, 1 -> dividing), 8 dividing (7 right, 1 -> background),
+    #    8 guiding (7 right, 1 -> stopping); B: 24 background (23 right, 1 -> zebra),
+    #    16 zebra (14 right, 2 -> background), 8 ego-hood pixels excluded.
+    expected = np.zeros((8, 8), np.int64)
+    expected[0, 0], expected[0, 1], expected[0, 5] = 31 + 23, 1, 1
+    expected[1, 0], expected[1, 1] = 1, 7
+    expected[2, 2], expected[2, 3] = 7, 1
+    expected[5, 0], expected[5, 5] = 2, 14
+    np.testing.assert_array_equal(report.confusion, expected)
+    # background 54/(56+57-54), dividing 7/(8+8-7), guiding 7/(8+7-7), stopping 0 (predicted only),
+    # parking, thru_turn and reduction absent, zebra 14/(16+15-14)
+    _assert_ious(report, [54 / 59, 7 / 9, 7 / 8, 0.0, NAN, 14 / 17, NAN, NAN])
+    assert report.miou == pytest.approx((54 / 59 + 7 / 9 + 7 / 8 + 0 + 14 / 17) / 5)
+    assert report.miou_lanes == pytest.approx((7 / 9 + 7 / 8 + 0 + 14 / 17) / 4)
+    assert report.results["pixel_accuracy"] == pytest.approx(82 / 88)
+
+
+# --- problems and counts ---
+
+def test_unknown_ids_in_ground_truth_are_listed_counted_and_mapped_to_background(dirs):
+    """Unknown ids in a ground-truth file: one problem naming the file and the values, one file counted;
+    a prediction with unknown ids counts as another file; unknown pixels still go through the table."""
+    gt, pred = dirs
+    frame = FRAME_A.copy()
+    frame[5, 0:3] = 7      # not Apollo ids: eval table -> background
+    frame[5, 3] = 100
+    _write(gt, "a_bin.png", frame)
+    _write(pred, "a_bin.png", FRAME_A)
+    _write(pred, "b_bin.png", FRAME_B)
+    report = _score(pred, gt)
+    assert report.counts["unknown_ids"] == 1
+    [problem] = report.problems
+    assert problem["file"] == str(gt / "a_bin.png")
+    assert problem["reason"].startswith("unknown id(s) [7, 100] in ground truth")
+    assert report.miou == 1.0
+    assert report.results["per_class"][0]["gt_pixels"] == 32 + 24  # the 4 unknown pixels scored as background
+    bad_pred = FRAME_B.copy()
+    bad_pred[0, 0] = 9
+    _write(pred, "b_bin.png", bad_pred)
+    report = _score(pred, gt)
+    assert report.counts["unknown_ids"] == 2
+    assert sorted(p["file"] for p in report.problems) == [str(gt / "a_bin.png"), str(pred / "b_bin.png")]
+    assert "2 files with unknown ids" in report.table()
+
+
+def test_unreadable_prediction_is_scored_as_background_and_counted(dirs):
+    """An unreadable prediction: the frame is still scored (as all background), counted once as unreadable."""
+    gt, pred = dirs
+    _write(pred, "a_bin.png", FRAME_A)
+    (pred / "b_bin.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    report = _score(pred, gt)
+    c = report.counts
+    assert (c["gt_files"], c["scored"], c["unreadable_pred"], c["missing"], c["mismatched"]) == (2, 2, 1, 0, 0)
+    assert (c["unreadable_gt"], c["extra"], c["unknown_ids"]) == (0, 0, 0)
+    # by hand: A perfect (32 bg, 8 dividing, 8 guiding); B all background: 24 bg hits, 16 zebra misses
+    expected = np.zeros((8, 8), np.int64)
+    expected[0, 0], expected[1, 1], expected[2, 2], expected[5, 0] = 32 + 24, 8, 8, 16
+    np.testing.assert_array_equal(report.confusion, expected)
+    assert report.prediction_gaps() == {"missing": 0, "unreadable": 1, "wrong size": 0}
+    [problem] = report.problems
+    assert problem["file"] == str(pred / "b_bin.png") and "unreadable prediction" in problem["reason"]
+    assert "2 scored (0 missing, 1 unreadable and 0 wrong-size" in report.table()
+
+
+def test_duplicate_names_are_listed_with_both_paths_and_the_first_is_used(dirs):
+    """Two ground truths and two predictions of one name: each pair is one problem naming both paths."""
+    gt, pred = dirs
+    _write(gt, "rec2/b_bin.png", FRAME_A)              # sorts after rec/b_bin.png
+    _write(pred, "a_bin.png", FRAME_A)
+    _write(pred, "x/b_bin.png", FRAME_B)
+    _write(pred, "y/b_bin.png", np.zeros((H, W), np.uint8))
+    report = _score(pred, gt)
+    dups = {p["file"]: p["reason"] for p in report.problems}
+    assert set(dups) == {str(gt / "rec/b_bin.png"), str(pred / "x/b_bin.png")}
+    assert dups[str(gt / "rec/b_bin.png")] == (f"duplicate ground-truth name, also at {gt / 'rec2/b_bin.png'}; "
+                                               "the first is used")
+    assert dups[str(pred / "x/b_bin.png")] == (f"duplicate prediction name, also at {pred / 'y/b_bin.png'}; "
+                                               "the first is used")
+    assert report.miou == 1.0  # rec/b_bin.png scored against x/b_bin.png, both FRAME_B
+    assert (report.counts["gt_files"], report.counts["scored"]) == (3, 2)
