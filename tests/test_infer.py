@@ -1,6 +1,7 @@
 """Inference: TTA and ensemble arithmetic on stand-in models, preprocessing identical to
 training, submission writing (names, size, ids, resume, zip, overlays, bad inputs), the
-validator catching each kind of bad submission, video annotation and the command functions."""
+validator catching each kind of bad submission, video annotation, the command functions, and
+ensembles of different architectures, each built from its own run's config.yml."""
 from __future__ import annotations
 
 import shutil
@@ -20,13 +21,13 @@ from data_prep.cache import load_resized
 from data_prep.label_io import image_size, read_image, read_label
 from data_prep.labels import load_scheme
 from data_prep.synth import make_dataset
-from paddle_lane.config import load_config
+from paddle_lane.config import load_config, save_config
 from paddle_lane.data.dataset import LaneDataset
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.engine.checkpoint import save_checkpoint
 from paddle_lane import cli
 from paddle_lane.infer import commands
-from paddle_lane.infer.predictor import Predictor, inputs_from_file, window_starts
+from paddle_lane.infer.predictor import Predictor, inputs_from_file, probs_to_ids, window_starts
 from paddle_lane.infer.submission import validate_submission, write_submission, zip_path_for
 from paddle_lane.infer.video import annotate_video, draw_fps
 from paddle_lane.models import build_model
@@ -160,7 +161,7 @@ def test_preprocessing_is_the_training_one(cfg, data, ckpt):
     row = {**pair, "width": full[0], "height": full[1]}  # as prepare's lists hold them
     ds = LaneDataset(pd.DataFrame([row]), FrameSource.from_config(cfg, SIZE), cfg.data.mean, cfg.data.std,
                      with_labels=False)
-    base = pred.prepare_file(pair["image"], full)[pred.input_sizes.index(SIZE)]
+    base = pred.prepare_file(pair["image"], full)[[k[0] for k in pred.input_keys].index(SIZE)]
     np.testing.assert_array_equal(base, ds[0][0])
 
 
@@ -173,12 +174,71 @@ def test_checkpoint_size_from_state_or_stage(cfg, ckpt, tmp_path):
     assert Predictor(other, [str(bare / "model.pdparams")]).base_size == (160, 64)
 
 
-def test_predict_ids_full_size_submit_ids(cfg, data, ckpt):
-    rgb = read_image(data["test_images"][0])
-    ids = Predictor(cfg, [str(ckpt)], flip=True).predict_ids(rgb)
-    assert ids.shape == (H, W) and ids.dtype == np.uint8
-    assert not ids[:OFFSET].any()
-    assert set(np.unique(ids).tolist()) <= SUBMIT_IDS
+class Regions(paddle.nn.Layer):
+    """A stand-in of known output: its input split evenly along `axis` (2 rows, 3 columns) into
+    one region per class of `classes`, each scored 20 for its class and 0 for the others."""
+
+    def __init__(self, axis: int, classes: tuple[int, ...]):
+        super().__init__()
+        self.axis, self.classes = axis, classes
+
+    def forward(self, x):
+        n, _, h, w = x.shape
+        length = x.shape[self.axis]
+        region = np.arange(length) * len(self.classes) // length
+        scores = np.eye(8, dtype=np.float32)[np.asarray(self.classes)[region]].T * 20.0   # 8 x length
+        shape = [1, 8, length, 1] if self.axis == 2 else [1, 8, 1, length]
+        return paddle.to_tensor(scores.reshape(shape)).expand([n, 8, h, w])
+
+
+APOLLO8_SUBMIT = {1: 204, 3: 217, 6: 224}   # apollo8 train id -> the Apollo id a submission holds
+
+
+def expected_ids(model: Regions, length: int, full_size: tuple[int, int],
+                 offset: int) -> tuple[np.ndarray, np.ndarray]:
+    """(Apollo ids, ambiguous mask) at full size for a Regions model run at `length` along its
+    axis: bilinear upsampling of near one-hot scores gives each output pixel the class of the
+    input pixel nearest its centre (align_corners=False); a centre exactly midway between two
+    regions is a tie, marked ambiguous."""
+    full_w, full_h = full_size
+    out_len = full_w if model.axis == 3 else full_h - offset
+    src = (np.arange(out_len) + 0.5) * length / out_len - 0.5       # output pixel centre in input pixels
+
+    def region(i: np.ndarray) -> np.ndarray:
+        return np.clip(i, 0, length - 1) * len(model.classes) // length
+
+    nearest = region(np.floor(src + 0.5).astype(int))
+    line = np.array([APOLLO8_SUBMIT[model.classes[r]] for r in nearest], np.uint8)
+    midway = np.abs(src - np.floor(src) - 0.5) < 1e-9
+    tie = midway & (region(np.floor(src).astype(int)) != region(np.ceil(src).astype(int)))
+    ids, amb = np.zeros((full_h, full_w), np.uint8), np.zeros((full_h, full_w), bool)
+    ids[offset:] = line[None, :] if model.axis == 3 else line[:, None]
+    amb[offset:] = tie[None, :] if model.axis == 3 else tie[:, None]
+    return ids, amb
+
+
+@pytest.mark.parametrize("axis, classes, flip", [(3, (3, 6), False), (2, (1, 3, 6), True)],
+                         ids=["left-right halves", "row bands, flip TTA"])
+def test_predict_ids_exact_at_full_size(cfg, test_images, tmp_path, axis, classes, flip):
+    """Every pixel of the full-size submission of a model of known output: 0 above the crop,
+    below it the submit id of the region the pixel's centre maps into. At these sizes no pixel
+    centre falls midway between two regions (asserted), so no boundary band is tolerated."""
+    model = Regions(axis, classes)
+    pred = Predictor(cfg, models=[(model, SIZE)], flip=flip)
+    length = SIZE[0] if axis == 3 else SIZE[1]
+    for full_size in [(W, H), (3384, 1710)]:
+        offset = int(round(OFFSET * full_size[1] / H))              # the crop follows the frame height
+        want, ambiguous = expected_ids(model, length, full_size, offset)
+        assert not ambiguous.any()
+        if axis == 3 and full_size == (W, H):                      # the halves in plain numbers
+            assert not want[:OFFSET].any() and (want[OFFSET:, :W // 2] == 217).all() and (want[OFFSET:, W // 2:] == 224).all()
+        rgb = np.zeros((full_size[1], full_size[0], 3), np.uint8)
+        got = probs_to_ids(pred.predict_probs(rgb), pred.offset_for(full_size[1]), full_size, pred.scheme)
+        np.testing.assert_array_equal(got, want)
+        np.testing.assert_array_equal(pred.predict_ids(rgb), want)
+    write_submission(pred, test_images[:1], tmp_path / "sub", zip_output=False, progress=False)
+    want, _ = expected_ids(model, length, (W, H), OFFSET)
+    np.testing.assert_array_equal(read_label(tmp_path / "sub" / f"{test_images[0][0]}_bin.png"), want)
 
 
 # ----------------------------------------------------------------------------- submission
@@ -394,3 +454,117 @@ def test_crop_follows_the_frame_height(cfg, capsys):
     predictor.predict_train_ids(np.zeros((H, W // 2, 3), np.uint8))
     warnings = [line for line in capsys.readouterr().err.splitlines() if "aspect" in line]
     assert len(warnings) == 1 and f"{W // 2}x{H}" in warnings[0]
+
+
+# ----------------------------------------------------------------------------- ensembles of different runs
+SIZE_B = (96, 32)
+OPTS_B = ["model.name=unet", "data.mean=[0.3, 0.5, 0.7]", "data.std=[0.2, 0.25, 0.3]",
+          f"stages=[{{width: {SIZE_B[0]}, height: {SIZE_B[1]}, batch_size: 2, iters: 1, lr: 0.01}}]"]
+
+
+def save_run(root: Path, opts: list[str], seed: int, size: tuple[int, int]) -> tuple[Path, Path, paddle.nn.Layer]:
+    """A run folder as the trainer leaves it: RUN/config.yml and RUN/stage0/best (state.json size)."""
+    run_cfg = load_config(CONFIG, OPTS + opts)
+    paddle.seed(seed)
+    model = build_model(run_cfg.model, load_scheme(run_cfg.data.scheme).num_classes)
+    ckpt = save_checkpoint(root / "stage0" / "best", model, state={"stage": 0, "size": list(size)})
+    save_config(run_cfg, root / "config.yml")
+    return ckpt, root / "config.yml", model
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """Runs of different architectures, input sizes and mean/std: a lite model (width 4) at SIZE,
+    a paddleseg UNet at SIZE_B, and another lite model at SIZE with another mean/std."""
+    a = save_run(tmp_path_factory.mktemp("run_a"), [], 11, SIZE)
+    b = save_run(tmp_path_factory.mktemp("run_b"), OPTS_B, 12, SIZE_B)
+    c = save_run(tmp_path_factory.mktemp("run_c"), ["data.mean=[0.5, 0.5, 0.5]", "data.std=[0.5, 0.5, 0.5]"],
+                 13, SIZE)
+    return {"a": a, "b": b, "c": c}
+
+
+def test_ensemble_of_two_architectures_writes_a_valid_submission(runs, test_images, tmp_path, capsys):
+    """The README's recipe: --checkpoint RUN_A/stage0/best,RUN_B/stage0/best --weights 2,1 with a
+    --config whose model is neither; each member is built from its own run's config.yml."""
+    (ckpt_a, cfg_a, _), (ckpt_b, cfg_b, _) = runs["a"], runs["b"]
+    test_dir = Path(test_images[0][1]).parent
+    out = tmp_path / "sub"
+    assert commands.run_infer(str(CONFIG), OPTS, f"{ckpt_a},{ckpt_b}", "2,1", str(test_dir), None, str(out),
+                              device="cpu", no_zip=True) == 0
+    printed = capsys.readouterr().out
+    assert "validation: OK" in printed
+    assert f"lite width 4 {SIZE[0]}x{SIZE[1]}, w=0.67, config {cfg_a}" in printed
+    assert f"unet {SIZE_B[0]}x{SIZE_B[1]}, w=0.33, config {cfg_b}" in printed
+    for _, path in test_images:
+        ids = read_label(out / f"{Path(path).stem}_bin.png")
+        assert ids.shape == (H, W) and set(np.unique(ids).tolist()) <= SUBMIT_IDS and not ids[:OFFSET].any()
+
+
+def test_ensemble_equals_the_weighted_average_of_its_members(cfg, runs, test_images):
+    """Fused probabilities = 2/3 member A + 1/3 member B, each member's own probabilities (its own
+    model, size and mean/std, through a single-model Predictor of its config) with B resized to
+    A's size (bilinear, align_corners=False), under flip TTA. A third member at A's size with
+    another mean/std gets its own input (inputs are keyed by size and mean/std)."""
+    (ckpt_a, cfg_a, model_a), (ckpt_b, cfg_b, model_b), (ckpt_c, cfg_c, model_c) = runs["a"], runs["b"], runs["c"]
+    paths = [p for _, p in test_images[:2]]                               # one batch: the UNet is slow on CPU
+
+    def probs(predictor, workers=0):
+        return [r.probs for r in predictor.predict_files(paths, batch_size=2, num_workers=workers, progress=False)]
+
+    def up(b):
+        return F.interpolate(paddle.to_tensor(b[None]), size=[SIZE[1], SIZE[0]], mode="bilinear",
+                             align_corners=False).numpy()[0]
+
+    pa = probs(Predictor(load_config(cfg_a), models=[(model_a, SIZE)], flip=True))
+    pb = probs(Predictor(load_config(cfg_b), models=[(model_b, SIZE_B)], flip=True))
+    pc = probs(Predictor(load_config(cfg_c), models=[(model_c, SIZE)], flip=True))
+    assert pb[0].shape == (8, SIZE_B[1], SIZE_B[0])
+
+    ens = Predictor(cfg, [str(ckpt_a), str(ckpt_b)], [2, 1], flip=True)
+    assert [m.size for m in ens.members] == [SIZE, SIZE_B] and ens.base_size == SIZE
+    for f, a, b in zip(probs(ens, workers=1), pa, pb):
+        assert f.shape == (8, SIZE[1], SIZE[0])
+        np.testing.assert_allclose(f, 2 / 3 * a + 1 / 3 * up(b), atol=1e-5)
+        assert np.abs(f - a).max() > 1e-3                                  # member B does count
+
+    three = Predictor(cfg, [str(ckpt_a), str(ckpt_b), str(ckpt_c)], [2, 1, 1], flip=True)
+    assert len(three.input_keys) == 3 and three.input_sizes == sorted([SIZE, SIZE_B])
+    for f, a, b, c in zip(probs(three), pa, pb, pc):
+        np.testing.assert_allclose(f, 0.5 * a + 0.25 * up(b) + 0.25 * c, atol=1e-5)
+
+
+def test_member_configs_given_explicitly_and_the_fallback(cfg, ckpt, runs, test_images, tmp_path, capsys):
+    """A checkpoint copied away from its run: without a config it is built as the --config model
+    (and refused, being a UNet); --member-configs names each member's config. A checkpoint
+    without a config nearby is said to use the --config, once per member."""
+    (ckpt_a, cfg_a, _), (ckpt_b, cfg_b, _) = runs["a"], runs["b"]
+    alone = tmp_path / "copied" / "best"
+    shutil.copytree(ckpt_b, alone)
+    with pytest.raises(ValueError, match="checkpoint does not match the model"):
+        Predictor(cfg, [str(alone)])
+    out = tmp_path / "sub"
+    assert commands.run_infer(str(CONFIG), OPTS, f"{ckpt_a},{alone}", None, str(Path(test_images[0][1]).parent),
+                              None, str(out), device="cpu", no_zip=True, member_configs=f"{cfg_a},{cfg_b}") == 0
+    assert f"{alone}: unet {SIZE_B[0]}x{SIZE_B[1]}, w=0.50, config {cfg_b}" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="--member-configs: 1 config"):
+        commands._predictor(cfg, f"{ckpt_a},{alone}", member_configs=str(cfg_a))
+    text = commands.describe(Predictor(cfg, [str(ckpt), str(ckpt)]))
+    assert text.count("no config.yml in, beside or two levels above it: model, size and mean/std of") == 2
+    weights_file = Predictor(cfg, [str(ckpt_b / "model.pdparams")]).members[0]      # a .pdparams in RUN/stage0/best
+    assert weights_file.config == str(cfg_b) and weights_file.size == SIZE_B
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        Predictor(cfg, [str(ckpt_b) + "x"])
+
+
+@pytest.mark.parametrize("opts, key", [(["data.scheme=apollo9"], "data.scheme"),
+                                       (["data.crop_offset=80"], "data.crop_offset")])
+def test_member_with_another_scheme_or_crop_is_refused(cfg, runs, tmp_path, opts, key):
+    """Members must share the scheme (class count) and the crop of the --config: one line naming
+    the checkpoint and the key. The same crop in other units (38 of 96 rows = 76 of 192) is fine."""
+    ckpt_a = runs["a"][0]
+    other, _, _ = save_run(tmp_path / "other", opts, 13, SIZE)
+    with pytest.raises(ValueError, match=key) as info:
+        Predictor(cfg, [str(ckpt_a), str(other)])
+    assert str(other) in str(info.value) and "\n" not in str(info.value)
+    halved, _, _ = save_run(tmp_path / "halved", ["data.crop_offset=38", "data.frame_height=96"], 14, SIZE)
+    assert Predictor(cfg, [str(ckpt_a), str(halved)]).members[1].config == str(tmp_path / "halved" / "config.yml")

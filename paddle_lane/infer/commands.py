@@ -64,34 +64,40 @@ def _print_problems(problems: Sequence[str], what: str) -> None:
 
 
 def describe(predictor) -> str:
-    """One line: members with size and weight, TTA, device."""
-    models = ", ".join(f"{m.name} ({m.size[0]}x{m.size[1]}, w={m.weight:.2f})" for m in predictor.members)
-    return (f"models: {models}; TTA: flip {'on' if predictor.flip else 'off'}, scales {predictor.scales}; "
-            f"device {predictor.device}")
+    """TTA and device, then one line per member: model, size, weight and the config it came from."""
+    lines = [f"models: {len(predictor.members)}; TTA: flip {'on' if predictor.flip else 'off'}, "
+             f"scales {predictor.scales}; device {predictor.device}"]
+    lines += [f"  {m.name}: {m.arch} {m.size[0]}x{m.size[1]}, w={m.weight:.2f}, {m.origin}" for m in predictor.members]
+    return "\n".join(lines)
 
 
 def _predictor(cfg, checkpoints: str, weights: str | None = None, flip: bool | None = None,
-               scales: str | None = None, device: str | None = None):
+               scales: str | None = None, device: str | None = None, member_configs: str | None = None):
     from paddle_lane.infer.predictor import Predictor
     ckpts = split_list(checkpoints)
     if not ckpts:
         raise ValueError("no checkpoint given (comma-separated checkpoint folders or .pdparams files)")
+    configs = split_list(member_configs) or None
+    if configs is not None and len(configs) != len(ckpts):
+        raise ValueError(f"--member-configs: {len(configs)} config(s) for {len(ckpts)} checkpoint(s)")
     return Predictor(cfg, ckpts, parse_floats(weights, "weights"), flip=flip,
-                     scales=parse_floats(scales, "scales"), device=device)
+                     scales=parse_floats(scales, "scales"), device=device, member_configs=configs)
 
 
 # ----------------------------------------------------------------------------- verbs
 def run_infer(config: str | None, opts: list[str] | None, checkpoints: str, weights: str | None,
               images_dir: str | None, list_csv: str | None, out: str, tta_flip: bool | None = None,
               scales: str | None = None, overlay: bool = False, no_zip: bool = False,
-              device: str | None = None, overwrite: bool = False) -> int:
+              device: str | None = None, overwrite: bool = False, member_configs: str | None = None) -> int:
     """Predict a folder or list into a submission, then validate it; 0 when complete and valid.
-    The folder's manifest must match this recipe to resume it (see infer/manifest.py)."""
+    Each checkpoint is built from its run's config.yml, or from `member_configs` (comma-separated,
+    one per checkpoint) when given. The folder's manifest must match this recipe to resume it
+    (see infer/manifest.py)."""
     from paddle_lane.infer.manifest import build_manifest, claim_folder
     from paddle_lane.infer.submission import format_summary, validate_submission, write_submission
     cfg = load_config(config, opts)
     images = images_from(images_dir, list_csv, exclude=[out])
-    predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device)
+    predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device, member_configs)
     print(describe(predictor))
     print(claim_folder(Path(out), build_manifest(predictor, cfg), overwrite))
     summary = write_submission(predictor, images, out, cfg.infer.name_suffix, overlay=overlay,

@@ -5,6 +5,10 @@ full-size post-processing shared with the alignment check.
 Inputs are prepared exactly as in training: crop the top `data.crop_offset` rows, resize
 with data_prep.resize (after the same reduced JPEG decode that data_prep.cache uses),
 normalize with data.mean/std.
+
+Each checkpoint is built from its own run's config.yml (model, input size, mean/std), so an
+ensemble may mix architectures; the --config decides what members must share (scheme, crop)
+and the TTA.
 """
 from __future__ import annotations
 
@@ -23,13 +27,16 @@ from data_prep.cache import best_reduce
 from data_prep.label_io import UnreadableFileError, image_size, read_image
 from data_prep.labels import Scheme, load_scheme
 from data_prep.resize import argmax_full_size, crop_rows, crop_top, resize_image
+from paddle_lane.config import ConfigError, load_config
 from paddle_lane.data.transforms import FULL_SIZE, normalize
 from paddle_lane.device import select_device
 from data_prep.procs import StallWatchdog, die_with_parent
-from paddle_lane.engine.checkpoint import load_weights, read_state
+from paddle_lane.engine.checkpoint import load_weights, read_state, resolve_weights
+from paddle_lane.engine.run_dir import CONFIG_FILE
 from paddle_lane.models import build_model
 
 Size = tuple[int, int]  # (width, height)
+InputKey = tuple[Size, tuple, tuple]  # (size, mean, std): one normalized input tensor
 
 
 # ----------------------------------------------------------------------------- geometry
@@ -74,18 +81,88 @@ def probs_to_ids(probs: np.ndarray, offset: int, full_size: Size, scheme: Scheme
     return scheme.decode(probs_to_train_ids(probs, offset, full_size))
 
 
+def normalized_inputs(crops: Sequence[np.ndarray], sizes: Sequence[Size],
+                      keys: Sequence[InputKey]) -> list[np.ndarray]:
+    """One float32 3xHxW input per (size, mean, std) key, from uint8 crops at `sizes`."""
+    return [normalize(crops[sizes.index(size)], mean, std) for size, mean, std in keys]
+
+
 # ----------------------------------------------------------------------------- models
 @dataclass
 class Member:
-    """One ensemble member: a network in eval mode, its inference size and weight."""
+    """One ensemble member: a network in eval mode, its inference size, weight and normalization."""
     model: paddle.nn.Layer
     size: Size
     weight: float
     name: str
+    mean: tuple
+    std: tuple
+    arch: str = ""              # the model section it was built from, for describe()
+    config: str | None = None   # the config file it was built from (None: the --config, by fallback)
+    origin: str = ""            # where its model, size and mean/std came from, in words
+
+
+def model_label(model_cfg) -> str:
+    """'deeplabv3p ResNet50_vd os8', 'unet', 'lite width 16': a model section in a few words."""
+    if model_cfg.name == "deeplabv3p":
+        return f"deeplabv3p {model_cfg.backbone} os{model_cfg.output_stride}"
+    return f"lite width {model_cfg.width}" if model_cfg.name == "lite" else model_cfg.name
+
+
+def run_config_path(checkpoint: str | Path) -> Path | None:
+    """The config.yml a checkpoint was trained with: in its folder, beside it, or two levels up
+    (RUN/config.yml for RUN/stageN/best or a .pdparams inside it); None when there is none."""
+    path = Path(checkpoint)
+    folder = path if path.is_dir() else path.parent
+    for candidate in (folder / CONFIG_FILE, folder.parent / CONFIG_FILE, folder.parent.parent / CONFIG_FILE):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_member_config(cfg, own, checkpoint: str, path: str) -> None:
+    """Refuse a member config whose scheme or crop differs from the --config (one line)."""
+    theirs, mine = load_scheme(own.data.scheme), load_scheme(cfg.data.scheme)
+    if theirs != mine:
+        raise ValueError(f"{checkpoint}: data.scheme is {own.data.scheme!r} ({theirs.num_classes} classes) in "
+                         f"{path} but {cfg.data.scheme!r} ({mine.num_classes} classes) in {cfg.source}; "
+                         f"ensemble members must share the scheme")
+    a, b = (own.data.crop_offset, own.data.frame_height), (cfg.data.crop_offset, cfg.data.frame_height)
+    if a[0] * b[1] != b[0] * a[1]:  # the same fraction of the frame is the same crop (345/855 = 690/1710)
+        raise ValueError(f"{checkpoint}: data.crop_offset is {a[0]} of data.frame_height {a[1]} rows in {path} "
+                         f"but {b[0]} of {b[1]} in {cfg.source}; ensemble members must share the crop")
+
+
+def member_config(cfg, checkpoint: str, explicit: str | None = None):
+    """(config, its path) a checkpoint is built from: `explicit`, else its run's config.yml, else
+    (cfg, None). A config with another scheme or crop than cfg is refused."""
+    path = explicit or run_config_path(checkpoint)
+    if path is None:
+        return cfg, None
+    try:
+        own = load_config(path)
+    except ConfigError as exc:
+        raise ConfigError(f"{checkpoint}: {exc}") from None
+    check_member_config(cfg, own, checkpoint, str(path))
+    return own, str(path)
+
+
+def checkpoint_member(cfg, checkpoint: str, num_classes: int, explicit: str | None = None) -> Member:
+    """A checkpoint as an ensemble member (weight 1 until the ensemble scales it)."""
+    resolve_weights(checkpoint)  # a mistyped path is "not found", not a config found near it
+    own, path = member_config(cfg, checkpoint, explicit)
+    origin = f"config {path}" if path else \
+        f"no {CONFIG_FILE} in, beside or two levels above it: model, size and mean/std of {cfg.source}"
+    return Member(load_checkpoint_model(own, checkpoint, num_classes), checkpoint_size(own, checkpoint), 1.0,
+                  str(checkpoint), _floats(own.data.mean), _floats(own.data.std), model_label(own.model), path, origin)
+
+
+def _floats(values) -> tuple:
+    return tuple(float(v) for v in values)
 
 
 def checkpoint_size(cfg, checkpoint: str | Path) -> Size:
-    """A checkpoint's inference size: state.json "size", else the size of stage infer.stage."""
+    """A checkpoint's inference size: state.json "size", else the size of cfg's stage infer.stage."""
     path = Path(checkpoint)
     state = read_state(path if path.is_dir() else path.parent)
     if state.get("size"):
@@ -138,7 +215,8 @@ class Predictor:
 
     def __init__(self, cfg, checkpoints: Sequence[str] = (), weights: Sequence[float] | None = None,
                  flip: bool | None = None, scales: Sequence[float] | None = None, device: str | None = None,
-                 models: Sequence[tuple[paddle.nn.Layer, Size]] | None = None):
+                 models: Sequence[tuple[paddle.nn.Layer, Size]] | None = None,
+                 member_configs: Sequence[str | None] | None = None):
         self.device = select_device(device)
         self.cfg = cfg
         self.scheme = load_scheme(cfg.data.scheme)
@@ -149,39 +227,48 @@ class Predictor:
         self.scales = [float(s) for s in (cfg.infer.scales if scales is None else scales)]
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"TTA scales must be positive numbers, got {self.scales}")
-        self.members = self._members(checkpoints, models, weights)
+        self.members = self._members(checkpoints, models, weights, member_configs)
         self.base_size = self.members[0].size
-        self.input_sizes = sorted({scaled_size(m.size, s) for m in self.members for s in self.scales})
+        # members with another mean/std need their own tensor even at a shared size
+        self.input_keys: list[InputKey] = sorted({(scaled_size(m.size, s), m.mean, m.std)
+                                                  for m in self.members for s in self.scales})
+        self.input_sizes = sorted({size for size, _, _ in self.input_keys})  # the crops decoded
         self.window = tuple(cfg.infer.window) if cfg.infer.window else None
         self.stride = tuple(cfg.infer.window_stride) if cfg.infer.window_stride else \
             (tuple(max(1, v // 2) for v in self.window) if self.window else None)
         self.images_predicted = 0
 
-    def _members(self, checkpoints, models, weights) -> list[Member]:
-        pairs = [(load_checkpoint_model(self.cfg, c, self.scheme.num_classes), checkpoint_size(self.cfg, c), str(c))
-                 for c in checkpoints]
-        pairs += [(_in_eval_mode(m), (int(s[0]), int(s[1])), f"model{i}") for i, (m, s) in enumerate(models or [])]
-        if not pairs:
+    def _members(self, checkpoints, models, weights, member_configs) -> list[Member]:
+        configs = [None] * len(checkpoints) if member_configs is None else list(member_configs)
+        if len(configs) != len(checkpoints):
+            raise ValueError(f"member configs: {len(configs)} config(s) for {len(checkpoints)} checkpoint(s)")
+        members = [checkpoint_member(self.cfg, str(c), self.scheme.num_classes, mc)
+                   for c, mc in zip(checkpoints, configs)]
+        mean, std = _floats(self.mean), _floats(self.std)
+        members += [Member(_in_eval_mode(m), (int(s[0]), int(s[1])), 1.0, f"model{i}", mean, std,
+                           type(m).__name__, None, f"given model, mean/std of {self.cfg.source}")
+                    for i, (m, s) in enumerate(models or [])]
+        if not members:
             raise ValueError("no model to predict with: give at least one checkpoint")
-        ws = normalize_weights(weights, len(pairs))
-        return [Member(m, size, w, name) for (m, size, name), w in zip(pairs, ws)]
+        ws = normalize_weights(weights, len(members))
+        return [dataclasses.replace(m, weight=w) for m, w in zip(members, ws)]
 
     # ------------------------------------------------------------------ inputs
     def prepare_array(self, rgb_full: np.ndarray) -> list[np.ndarray]:
-        """Normalized 3xHxW float32 inputs, one per entry of input_sizes."""
+        """Normalized 3xHxW float32 inputs, one per entry of input_keys."""
         self.check_frame((rgb_full.shape[1], rgb_full.shape[0]), "<frame>")
-        offset = self.offset_for(rgb_full.shape[0])
-        return [normalize(x, self.mean, self.std) for x in inputs_from_array(rgb_full, self.input_sizes, offset)]
+        crops = inputs_from_array(rgb_full, self.input_sizes, self.offset_for(rgb_full.shape[0]))
+        return normalized_inputs(crops, self.input_sizes, self.input_keys)
 
     def prepare_file(self, path: str, full_size: Size) -> list[np.ndarray]:
         """As prepare_array, from an image file with training's reduced decode."""
         crops = inputs_from_file(path, self.input_sizes, self.offset_for(full_size[1]), full_size)
-        return [normalize(x, self.mean, self.std) for x in crops]
+        return normalized_inputs(crops, self.input_sizes, self.input_keys)
 
     # ------------------------------------------------------------------ forward
     @paddle.no_grad()
     def predict_batch(self, inputs: Sequence) -> np.ndarray:
-        """N x C x h x w float32 probabilities at base_size from batched inputs (one per input size)."""
+        """N x C x h x w float32 probabilities at base_size from batched inputs (one per input key)."""
         tensors = [x if isinstance(x, paddle.Tensor) else paddle.to_tensor(np.asarray(x)) for x in inputs]
         acc = None
         for m in self.members:
@@ -194,7 +281,7 @@ class Predictor:
         """TTA average of one member, resized to base_size."""
         acc = None
         for s in self.scales:
-            x = tensors[self.input_sizes.index(scaled_size(m.size, s))]
+            x = tensors[self.input_keys.index((scaled_size(m.size, s), m.mean, m.std))]
             probs = self._to_base(self._forward(m.model, x))
             acc = probs if acc is None else acc + probs
         return acc / len(self.scales)
@@ -247,7 +334,8 @@ class Predictor:
 
     def predict_ids(self, rgb_full: np.ndarray) -> np.ndarray:
         """HxW uint8 Apollo ids at the frame's own size: a submission image."""
-        return self.scheme.decode(self.predict_train_ids(rgb_full))
+        full_size = (rgb_full.shape[1], rgb_full.shape[0])
+        return probs_to_ids(self.predict_probs(rgb_full), self.offset_for(full_size[1]), full_size, self.scheme)
 
     def to_train_ids(self, probs: np.ndarray, full_size: Size) -> np.ndarray:
         """Post-processing of predict_batch output: full-size train ids (decode gives Apollo ids)."""
@@ -335,13 +423,13 @@ class FileResult:
 
 
 class ImageFiles(paddle.io.Dataset):
-    """Image files -> normalized inputs at the predictor's sizes; unreadable files are flagged, not fatal."""
+    """Image files -> normalized inputs, one per predictor input key; unreadable files are flagged, not fatal."""
 
     def __init__(self, paths: list[str], predictor: Predictor):
         super().__init__()
         self.paths = paths
         self.sizes, self.offset, self.frame_height = predictor.input_sizes, predictor.offset, predictor.frame_height
-        self.mean, self.std = predictor.mean, predictor.std
+        self.keys = predictor.input_keys
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -351,9 +439,9 @@ class ImageFiles(paddle.io.Dataset):
         try:
             full = image_size(path)
             crops = inputs_from_file(path, self.sizes, crop_rows(self.offset, self.frame_height, full[1]), full)
-            inputs = [normalize(x, self.mean, self.std) for x in crops]
+            inputs = normalized_inputs(crops, self.sizes, self.keys)
             return {"index": idx, "ok": 1, "full_size": np.asarray(full, np.int64), "inputs": inputs, "error": ""}
         except (UnreadableFileError, ValueError, OSError) as exc:
-            blank = [np.zeros((3, h, w), np.float32) for w, h in self.sizes]
+            blank = [np.zeros((3, h, w), np.float32) for (w, h), _, _ in self.keys]
             return {"index": idx, "ok": 0, "full_size": np.zeros(2, np.int64), "inputs": blank,
                     "error": str(exc) or f"{path}: cannot read image"}
