@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # paddle-lane: one entry point. Every verb sets up .venv when it is missing or stale.
 #   ./run.sh setup | demo | test | prepare | train | infer | evaluate | validate | video | visualdl
+#   ./run.sh mutate [MODULE ...]   mutation score of the trusted modules (installs requirements-dev.lock)
 # Environment:
 #   PADDLE_LANE_PADDLE   pip spec for Paddle (default: the CPU pin in requirements.lock),
 #                        e.g. "paddlepaddle-gpu==3.3.1" together with
@@ -49,6 +50,13 @@ case "$verb" in
     ensure_setup
     cd "$ROOT"
     exec "$VENV/bin/python" -m pytest "$@" ;;
+  mutate)
+    ensure_setup
+    if [[ ! -x "$VENV/bin/mutmut" ]]; then
+      "$VENV/bin/python" -m pip install -q --disable-pip-version-check -r "$ROOT/requirements-dev.lock"
+    fi
+    cd "$ROOT"
+    exec "$VENV/bin/python" quality/mutate.py "$@" ;;
   help|-h|--help)
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
   *)

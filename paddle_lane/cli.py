@@ -162,7 +162,7 @@ def cmd_infer(args, argv) -> int:
     return run_infer(args.config, args.opts, checkpoints=args.checkpoint, weights=args.weights,
                      images_dir=args.images, list_csv=args.list, out=args.out, tta_flip=_tta_flip(args),
                      scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=args.device,
-                     overwrite=args.overwrite)
+                     overwrite=args.overwrite, member_configs=args.member_configs)
 
 
 def cmd_validate(args, argv) -> int:
@@ -218,6 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p, required=True)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder(s) or .pdparams, comma-separated for an ensemble")
     p.add_argument("--weights", help="ensemble weights, comma-separated (default: equal)")
+    p.add_argument("--member-configs", help="config per checkpoint, comma-separated (default: each run's config.yml)")
     p.add_argument("--images", help="folder of test images (searched recursively)")
     p.add_argument("--list", help="a prepare list CSV (test.csv / val.csv) instead of --images")
     p.add_argument("--out", required=True, help="submission folder, e.g. submissions/NAME")

@@ -314,3 +314,15 @@ def test_temp_files_of_a_killed_infer_are_removed_and_never_scored(prepared_synt
     assert not any(stale.name in p["file"] for p in report.problems)
     assert cli.main(args) == 0
     assert not stale.exists()
+
+
+def test_manifest_differences_name_what_each_member_config_decides():
+    from paddle_lane.infer.manifest import differences
+    old = {"checkpoints": [{"path": "a", "sha256": "1", "size": [8, 4], "model": "lite width 4", "mean": [0.5] * 3,
+                            "std": [0.2] * 3}], "weights": [1.0], "flip": True, "scales": [1.0],
+           "config_sha1": "c", "code_version": "0.1.0"}
+    new = {**old, "checkpoints": [{**old["checkpoints"][0], "mean": [0.4] * 3}]}
+    assert differences(old, old) == []
+    assert differences(old, new) == ["checkpoint 1 mean: [0.5, 0.5, 0.5] -> [0.4, 0.4, 0.4]"]
+    other = {**old, "checkpoints": [{**old["checkpoints"][0], "sha256": "2", "path": "b"}], "flip": False}
+    assert differences(old, other) == ["checkpoint 1: a -> b (other weights)", "flip: True -> False"]

@@ -34,7 +34,8 @@ def build_manifest(predictor, cfg) -> dict:
     config_sha1 = hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     return {
         "checkpoints": [{"path": m.name, "sha256": file_digest(resolve_weights(m.name))["sha256"],
-                         "size": list(m.size)} for m in predictor.members],
+                         "size": list(m.size), "model": m.arch, "mean": list(m.mean), "std": list(m.std)}
+                        for m in predictor.members],
         "weights": [round(m.weight, 6) for m in predictor.members],
         "flip": predictor.flip, "scales": list(predictor.scales),
         "config_sha1": config_sha1, "code_version": code_version(),
@@ -50,8 +51,10 @@ def differences(old: dict, new: dict) -> list[str]:
     for i, (a, b) in enumerate(zip(old_ck, new_ck)):
         if a.get("sha256") != b.get("sha256"):
             out.append(f"checkpoint {i + 1}: {a.get('path')} -> {b.get('path')} (other weights)")
-        elif a.get("size") != b.get("size"):
-            out.append(f"checkpoint {i + 1} input size: {a.get('size')} -> {b.get('size')}")
+        else:
+            for key in ("size", "model", "mean", "std"):  # what each member's own config decides
+                if a.get(key) != b.get(key):
+                    out.append(f"checkpoint {i + 1} {key}: {a.get(key)} -> {b.get(key)}")
     for key in ("weights", "flip", "scales", "config_sha1", "code_version"):
         if old.get(key) != new.get(key):
             out.append(f"{key}: {old.get(key)} -> {new.get(key)}")
