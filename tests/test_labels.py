@@ -151,6 +151,61 @@ def test_scheme_with_id_in_two_classes_names_file_and_id(tmp_path):
     assert path in msg and "204" in msg and "already belongs to class a" in msg
 
 
+def test_a_custom_scheme_file_is_read_value_by_value(tmp_path):
+    """A new scheme is a YAML file: name from the file when absent, submit_id defaulting to the
+    first id, default_class receiving every id no class lists; checked against tables built here."""
+    path = tmp_path / "three.yml"
+    path.write_text("classes:\n  - {name: rest, ids: []}\n  - {name: white, ids: [200, 213]}\n"
+                    "  - {name: stop, ids: [217], submit_id: 215}\ndefault_class: 0\n")
+    s = load_scheme(str(path))
+    assert (s.name, s.num_classes, s.class_names, s.default_class) == ("three", 3, ["rest", "white", "stop"], 0)
+    assert [(c.ids, c.submit_id) for c in s.classes] == [((), 0), ((200, 213), 200), ((217,), 215)]
+    want = np.zeros(256, np.uint8)
+    want[[200, 213]] = 1
+    want[217] = 2
+    ids = np.array([[0, 200, 213, 217, 204, 250]], np.uint8)
+    assert s.encode(ids, "background").tolist() == [want[ids[0]].tolist()]
+    assert s.decode(np.array([0, 1, 2], np.uint8)).tolist() == [0, 200, 215]
+    other = tmp_path / "named.yml"
+    other.write_text("name: mine\ndefault_class: 1\nclasses:\n  - {name: a, ids: [0]}\n  - {name: b, ids: [200]}\n")
+    t = load_scheme(str(other))
+    assert t.name == "mine" and t.default_class == 1
+    assert t.encode(np.array([0, 200, 204, 250], np.uint8), "background").tolist() == [0, 1, 1, 1]
+
+
+@pytest.mark.parametrize("text, message", [
+    ("- just a list\n", "a scheme must be a mapping"),
+    ("name: x\ncolour: red\nclasses: []\n", "unknown key(s) ['colour']"),
+    ("classes: [{name: a, ids: [0]}]\n", "'classes' must be a list of at least 2 classes"),
+    ("classes: {a: 1, b: 2}\n", "'classes' must be a list of at least 2 classes"),
+    ("classes:\n  - {name: a, ids: [0]}\n  - {name: b}\n", "classes[1]: needs exactly name, ids"),
+    ("classes:\n  - {name: a, ids: [0]}\n  - {ids: [200]}\n", "classes[1]: needs exactly name, ids"),
+    ("classes:\n  - {name: a, ids: [0], colour: 1}\n  - {name: b, ids: [200]}\n", "classes[0]: needs exactly"),
+    ("classes:\n  - [a, 0]\n  - {name: b, ids: [200]}\n", "classes[0]: needs exactly"),
+    ("classes:\n  - {name: a, ids: [0]}\n  - {name: b, ids: [200], submit_id: 7}\n", "submit_id 7 is not"),
+    ("classes:\n  - {name: a, ids: [0]}\n  - {name: b, ids: [200]}\ndefault_class: 2\n", "default_class 2 is not"),
+    ("classes:\n  - {name: a, ids: [0]}\n  - {name: b, ids: [200]}\ndefault_class: -1\n", "default_class -1 is not"),
+])
+def test_a_bad_scheme_file_is_one_error_naming_the_file(tmp_path, text, message):
+    path = tmp_path / "bad_scheme.yml"
+    path.write_text(text)
+    with pytest.raises(ValueError) as err:
+        load_scheme(str(path))
+    assert str(err.value).startswith(str(path)) and message in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), (1, 1)])
+def test_apply_lut_keeps_any_shape_and_casts_ids(shape):
+    """One table lookup per value whatever the array's shape or integer type (reference: fancy indexing)."""
+    from data_prep.labels import apply_lut
+    rng = np.random.default_rng(len(shape))
+    lut = rng.integers(0, 256, 256).astype(np.uint8)
+    ids = rng.integers(0, 256, shape)
+    out = apply_lut(ids.astype(np.int64), lut.astype(np.int32))
+    assert out.shape == shape and out.dtype == np.uint8
+    assert (out == lut[ids]).all()
+
+
 # ----------------------------------------------------------------------------- reading labels
 
 def save_gray(path: Path, ids: np.ndarray) -> Path:

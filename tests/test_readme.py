@@ -15,7 +15,7 @@ from conftest import ROOT
 from paddle_lane import cli
 
 README = (ROOT / "README.md").read_text()
-RUN_SH_VERBS = ("setup", "test", "help")  # handled by run.sh itself, not by the Python CLI
+RUN_SH_VERBS = ("setup", "test", "help", "mutate")  # handled by run.sh itself, not by the Python CLI
 
 
 def documented_commands() -> list[str]:
