@@ -215,3 +215,104 @@ def test_joint_counts_fast_path_boundary(n, ignore):
     m = SegMetric(n, ignore_index=ignore)
     m.update(pred, gt)
     np.testing.assert_array_equal(m.confusion, _count_pairs(gt, pred, n, ignore))
+
+
+# ----------------------------------------------------------------------------- edges and limits
+def test_packed_confusion_refuses_the_first_value_past_the_classes():
+    pred = PRED.copy()
+    pred[0, 0] = 3  # exactly num_classes
+    with pytest.raises(ValueError, match=r"pred holds value\(s\) \[3\] outside \[0, 3\)"):
+        packed_confusion(pred, _codes(GT), 3)
+
+
+def test_lane_classes_are_checked_and_named_in_the_table():
+    with pytest.raises(ValueError, match=r"lane_classes \[3\] outside \[0, 3\)"):
+        SegMetric(3, lane_classes=[1, 3])
+    with pytest.raises(ValueError, match=r"lane_classes \[-1\]"):
+        SegMetric(3, lane_classes=[-1])
+    m = SegMetric(4, lane_classes=[0])
+    m.update(np.array([[0, 1]]), np.array([[0, 1]]))
+    assert m.compute()["miou_lanes"] == 1.0 and "mIoU (lanes 0): 1.0000" in m.table()
+    spread = SegMetric(6, lane_classes=[1, 3, 5])
+    spread.update(np.array([[1, 3, 5]]), np.array([[1, 3, 5]]))
+    assert "mIoU (lanes 1,3,5): 1.0000" in spread.table()
+    assert "mIoU (lanes 1-5): " in SegMetric(6).table()
+
+
+def test_no_warning_and_nan_where_nothing_was_counted():
+    """Empty denominators give NaN quietly: no divide-by-zero or empty-mean warning."""
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        empty = SegMetric(3).compute()
+        partly = _metric().compute()
+    assert math.isnan(empty["miou"]) and math.isnan(empty["pixel_accuracy"]) and math.isnan(empty["miou_lanes"])
+    assert partly["per_class"][2]["precision"] == 0.0 and math.isnan(partly["per_class"][2]["recall"])
+
+
+def test_single_pixel_counts():
+    """One scored pixel: pixel accuracy 1, its class present (not 'false positives only')."""
+    m = SegMetric(3)
+    m.update(np.array([[1]]), np.array([[1]]))
+    r = m.compute()
+    assert r["pixel_accuracy"] == 1.0
+    assert [c["status"] for c in r["per_class"]] == ["absent", "present", "absent"]
+    assert r["scored_pixels"] == 1 and "equal to 255 are excluded" in r["policy"]
+
+
+def test_class_count_and_ignore_index_rules():
+    assert SegMetric(1).num_classes == 1
+    with pytest.raises(ValueError, match="num_classes must be >= 1, got 0"):
+        SegMetric(0)
+    with pytest.raises(ValueError, match="ignore_index 0 collides"):
+        SegMetric(3, ignore_index=0)
+    with pytest.raises(ValueError, match="ignore_index 2 collides"):
+        SegMetric(3, ignore_index=2)
+    assert SegMetric(3, ignore_index=3).ignore_index == 3
+
+
+def test_empty_and_uint64_inputs():
+    m = SegMetric(3)
+    m.update(np.zeros((0, 4), np.uint8), np.zeros((0, 4), np.uint8))
+    assert m.confusion.sum() == 0
+    m.update(PRED.astype(np.uint64), GT)
+    np.testing.assert_array_equal(m.confusion, CONFUSION)
+    with pytest.raises(TypeError, match="pred must hold integer train ids"):
+        m.update(PRED.astype(np.float32), GT)
+    with pytest.raises(TypeError, match="gt must hold integer train ids"):
+        m.update(PRED, GT.astype(np.float32))
+
+
+def test_out_of_range_ground_truth_messages_on_both_counting_paths():
+    fast = GT.copy()
+    fast[0, 0] = 9
+    with pytest.raises(ValueError) as err:
+        SegMetric(3).update(PRED, fast)
+    assert str(err.value) == "gt holds value(s) [9] outside [0, 3) and != ignore_index 255"
+    # values past the fast path's 16-bit codes take the general path, with the same rule
+    slow = np.array([[0, 3, 70000]], np.int64)
+    with pytest.raises(ValueError) as err:
+        SegMetric(3, ignore_index=70000).update(np.array([[0, 1, 2]]), slow)
+    assert str(err.value) == "gt holds value(s) [3] outside [0, 3) and != ignore_index 70000"
+    with pytest.raises(ValueError, match=r"gt holds value\(s\) \[90000\]"):
+        SegMetric(3, ignore_index=70000).update(np.array([[0, 1]]), np.array([[0, 90000]], np.int64))
+    ok = SegMetric(3, ignore_index=70000)
+    ok.update(np.array([[0, 1, 2]]), np.array([[0, 1, 70000]], np.int64))
+    np.testing.assert_array_equal(ok.confusion, [[1, 0, 0], [0, 1, 0], [0, 0, 0]])
+
+
+def test_table_of_given_results_and_its_layout():
+    m = _metric()
+    other = SegMetric(3, NAMES)
+    other.update(np.array([[1]]), np.array([[1]]))
+    text = m.table(other.compute())
+    assert "mIoU (3 classes): 1.0000" in text  # the given results, not the metric's own
+    head = m.table().splitlines()[0]
+    assert head == f"{'class':<12} {'IoU':>7} {'prec':>7} {'recall':>7} {'F1':>7} {'GT pixels':>13} {'pred pixels':>13}  status"
+
+
+def test_metric_to_jsonable_converts_numpy_and_non_finite():
+    got = metric_to_jsonable({"a": np.array([1.5, np.nan]), "b": np.float32(2.5), "c": np.int64(3),
+                              4: (math.inf, "x")})
+    assert got == {"a": [1.5, None], "b": 2.5, "c": 3, "4": [None, "x"]}
+    assert type(got["c"]) is int and type(got["b"]) is float
