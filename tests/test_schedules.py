@@ -144,3 +144,61 @@ def test_no_clip_by_default_and_bad_betas_named():
     assert opt._grad_clip is None
     with pytest.raises(ConfigError, match=r"optimizer\.betas"):
         build_optimizer(tiny_layer().parameters(), OptimizerConfig(betas=[0.9]), 0.1)
+
+
+def _param():
+    return [paddle.create_parameter([2], "float32")]
+
+
+def test_optimizer_settings_reach_the_optimizer():
+    """Momentum, betas and weight decay from the config are the optimizer's own (read back)."""
+    sgd = build_optimizer(_param(), OptimizerConfig(type="sgd", momentum=0.7, weight_decay=0.01), 0.1)
+    assert sgd._momentum == pytest.approx(0.7)
+    assert (sgd._regularization_method, sgd._regularization_coeff) == ("l2_decay", pytest.approx(0.01))
+    plain = build_optimizer(_param(), OptimizerConfig(type="sgd", momentum=0.7, weight_decay=0.0), 0.1)
+    assert plain._regularization_method == ""
+    adam = build_optimizer(_param(), OptimizerConfig(type="adam", betas=[0.8, 0.95], weight_decay=0.01), 0.1)
+    assert (adam._beta1, adam._beta2) == (pytest.approx(0.8), pytest.approx(0.95))
+    assert adam.regularization._coeff == pytest.approx(0.01)
+    assert build_optimizer(_param(), OptimizerConfig(type="adam", weight_decay=0.0), 0.1).regularization is None
+    adamw = build_optimizer(_param(), OptimizerConfig(type="adamw", betas=[0.7, 0.9], weight_decay=0.02), 0.1)
+    assert (adamw._beta1, adamw._beta2, adamw._weight_decay) == (pytest.approx(0.7), pytest.approx(0.9),
+                                                                  pytest.approx(0.02))
+
+
+@pytest.mark.parametrize("key, good, bad", [
+    ("momentum", 0.0, 1.0), ("momentum", 0.99, -0.1), ("betas", [0.0, 0.999], [0.9, 1.0]),
+])
+def test_optimizer_value_limits(key, good, bad):
+    build_optimizer(_param(), OptimizerConfig(type="adam" if key == "betas" else "sgd", **{key: good}), 0.1)
+    with pytest.raises(ConfigError, match=f"optimizer.{key}"):
+        build_optimizer(_param(), OptimizerConfig(type="adam" if key == "betas" else "sgd", **{key: bad}), 0.1)
+
+
+@pytest.mark.parametrize("key, good, bad", [("step_size", 1, 0), ("cycle_iters", 1, 0), ("max_lr_factor", 1.0, 0.99)])
+def test_schedule_value_limits(key, good, bad):
+    assert lr_at(0, 10, 0.1, ScheduleConfig(type="constant", **{key: good})) == pytest.approx(0.1)
+    with pytest.raises(ConfigError, match=f"schedule.{key}"):
+        lr_at(0, 10, 0.1, ScheduleConfig(type="constant", **{key: bad}))
+
+
+def test_one_iteration_stage_and_empty_stage():
+    assert lr_at(0, 1, 0.1, ScheduleConfig(type="poly")) == pytest.approx(0.1)
+    with pytest.raises(ValueError, match="total_iters must be > 0, got 0"):
+        lr_at(0, 0, 0.1, ScheduleConfig(type="poly"))
+
+
+def test_onecycle_values_by_hand():
+    """10 iterations: rise over round(0.3 * 10) = 3 steps from base/10, then cosine over the other 7."""
+    cfg = ScheduleConfig(type="onecycle", max_lr_factor=10.0, min_lr=0.0)
+    base, low = 1.0, 0.1
+    assert [lr_at(i, 10, base, cfg) for i in range(4)] == pytest.approx(
+        [low, low + 0.9 / 3, low + 1.8 / 3, 1.0])
+    assert lr_at(5, 10, base, cfg) == pytest.approx(0.5 * (1 + math.cos(math.pi * 2 / 7)))
+    short = [lr_at(i, 2, base, cfg) for i in range(3)]  # rise of max(1, round(0.6)) = 1 step
+    assert short == pytest.approx([low, 1.0, 0.0])
+
+
+def test_iterlr_starts_at_iteration_zero():
+    sched = IterLR(10, 0.5, ScheduleConfig(type="poly", power=1.0))
+    assert sched.last_epoch == 0 and sched.get_lr() == pytest.approx(0.5)

@@ -403,3 +403,34 @@ def test_duplicate_names_are_listed_with_both_paths_and_the_first_is_used(dirs):
                                                "the first is used")
     assert report.miou == 1.0  # rec/b_bin.png scored against x/b_bin.png, both FRAME_B
     assert (report.counts["gt_files"], report.counts["scored"]) == (3, 2)
+
+
+def test_report_files_and_table_say_what_was_scored(dirs, tmp_path):
+    """scores.csv has one row per class and no index column, NaN spelled out; scores.json names
+    the scheme and both folders; the table names the classes and the lane mean; a scheme may be
+    given by name; nested output folders are created."""
+    gt, _ = dirs
+    out = tmp_path / "deep" / "out"
+    report = score_folders(gt, gt, "apollo8", workers=2, progress=False, out_dir=out)
+    lines = (out / "scores.csv").read_text().splitlines()
+    assert lines[0].split(",")[0] == "name" and len(lines) == 1 + SCHEME.num_classes
+    stopping = next(l for l in lines if l.startswith("stopping,"))
+    assert stopping.split(",")[1] == "NaN"
+    data = json.loads((out / "scores.json").read_text())
+    assert (data["scheme"], data["pred_dir"], data["gt_dir"]) == ("apollo8", str(gt), str(gt))
+    text = report.table()
+    assert all(name in text for name in SCHEME.class_names) and "mIoU (lanes 1-7): 1.0000" in text
+    report.write(out)  # a second write into the existing folder replaces the files
+    assert sorted(p.name for p in out.iterdir()) == ["scores.csv", "scores.json"]
+
+
+@pytest.mark.parametrize("n_missing, more_line", [(20, False), (21, True)])
+def test_problem_list_is_cut_after_twenty(tmp_path, n_missing, more_line):
+    gt, pred = tmp_path / "gt", tmp_path / "pred"
+    for i in range(n_missing):
+        _write(gt, f"f{i:02d}_bin.png", FRAME_A)
+    pred.mkdir()
+    text = _score(pred, gt).table()
+    shown = [l for l in text.splitlines() if "missing prediction; scored as all background" in l]
+    assert len(shown) == 20
+    assert ("... and 1 more problems (see scores.json)" in text) == more_line
