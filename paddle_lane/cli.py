@@ -5,9 +5,16 @@ any other exception is an internal error: traceback, one summary line, exit 1.
 --debug (or PADDLE_LANE_DEBUG=1) shows the traceback of user errors too."""
 from __future__ import annotations
 
+import signal
+import sys
+
+# SIGTERM is held from the first moment: the threads that later imports start (OpenBLAS, OpenCV,
+# Paddle) inherit the block, so only the main thread takes a SIGTERM, and only once a Python
+# handler is in place (Paddle installs a C-level one when imported). main() releases it.
+signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+
 import argparse
 import os
-import sys
 import traceback
 import warnings
 
@@ -52,7 +59,23 @@ def _launch_distributed(args, argv: list[str]) -> int:
     inner = [a for a in argv if a not in ("--gpus", "--nproc", "--ips") and a not in (args.gpus, str(args.nproc), args.ips)]
     cmd = launch + [str(Path(__file__).resolve())] + inner
     env = dict(os.environ, PADDLE_LANE_LAUNCHED="1")
-    return subprocess.call(cmd, env=env)
+    from data_prep.procs import die_with_parent
+
+    def stop(signum, _frame):  # the finally below passes it on to the launcher
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+    try:
+        return proc.wait()
+    finally:  # stopped (SIGTERM, Ctrl-C): the launcher passes it on to every rank, which checkpoint
+        if proc.poll() is None:
+            proc.terminate()
+            try:
+                proc.wait(timeout=120)
+            except subprocess.TimeoutExpired:
+                proc.kill()
 
 
 def parse_gpus(text: str | None) -> list[int]:
@@ -81,19 +104,40 @@ def _check_gpus(gpus: list[int], device: str | None) -> None:
 
 
 def cmd_train(args, argv: list[str]) -> int:
-    cfg = load_config(args.config, args.opts)  # fail on config errors before Paddle is imported
-    gpus = parse_gpus(args.gpus)
-    if gpus:
-        _check_gpus(gpus, args.device)
-    multi = len(gpus) > 1 or (args.nproc or 1) > 1 or args.ips
-    if multi and not os.environ.get("PADDLE_LANE_LAUNCHED"):
-        return _launch_distributed(args, argv)
-    # one card id selects that card; without --gpus the device follows --device / the launcher
-    device = f"gpu:{gpus[0]}" if len(gpus) == 1 else args.device
-    from paddle_lane.engine.trainer import Trainer, TrainingInterrupted, TrainingStopped
+    received: list[int] = []  # a SIGTERM before the trainer takes over is noted, then honoured
+
+    previous = signal.signal(signal.SIGTERM, lambda signum, _frame: received.append(signum))
     try:
-        results = Trainer(cfg, resume=args.resume, device=device, force=args.force,
-                          allow_config_change=args.allow_config_change).run()
+        cfg = load_config(args.config, args.opts)  # fail on config errors before Paddle is imported
+        gpus = parse_gpus(args.gpus)
+        if gpus:
+            _check_gpus(gpus, args.device)
+        multi = len(gpus) > 1 or (args.nproc or 1) > 1 or args.ips
+        if multi and not os.environ.get("PADDLE_LANE_LAUNCHED"):
+            return _launch_distributed(args, argv)
+        # one card id selects that card; without --gpus the device follows --device / the launcher
+        device = f"gpu:{gpus[0]}" if len(gpus) == 1 else args.device
+        return _train_and_report(cfg, args, device, received)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _train_and_report(cfg, args, device, received: list[int]) -> int:
+    """Run the trainer; map its ends to exit codes and print one line per stage."""
+    from paddle_lane.engine.trainer import Trainer, TrainingInterrupted, TrainingStopped
+    # importing Paddle installed its own C-level SIGTERM handler: put ours back, then let a held
+    # SIGTERM through to it
+    signal.signal(signal.SIGTERM, signal.getsignal(signal.SIGTERM))
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    try:
+        if received:
+            raise TrainingInterrupted(f"stopped by {signal.Signals(received[0]).name} before training began",
+                                      received[0])
+        trainer = Trainer(cfg, resume=args.resume, device=device, force=args.force,
+                          allow_config_change=args.allow_config_change)
+        if received:  # arrived while the trainer was being built: it stops before its first step
+            trainer.request_stop(received[0])
+        results = trainer.run()
     except TrainingInterrupted as exc:
         print(str(exc), file=sys.stderr)
         return 128 + exc.signum  # 143 for SIGTERM, as a shell reports a process it terminated
@@ -275,6 +319,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     debug = debug_requested(args)
+    if args.verb != "train":  # only training turns SIGTERM into a checkpoint; elsewhere it ends the process
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         return args.func(args, argv)
     except KeyboardInterrupt:

@@ -19,6 +19,7 @@ import pytest
 
 from conftest import ROOT, tiny_train_opts
 from paddle_lane.config import load_config
+from paddle_lane.engine.checkpoint import checkpoint_damage
 from paddle_lane.engine.trainer import Trainer
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
@@ -55,6 +56,18 @@ def _gone_within(pids: list[int], seconds: float) -> list[int]:
     return alive
 
 
+def _wait_for_steps(out: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
+    """Until the run's VisualDL log holds a few training steps (set-up is over)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        logs = list((out / "vdl").glob("vdlrecords*"))
+        if logs and logs[0].stat().st_size > 4000:
+            return
+        assert proc.poll() is None, f"trainer exited early: {proc.returncode}"
+        time.sleep(0.1)
+    raise AssertionError("no training step was logged")
+
+
 def _long_run(lists: Path, out: Path, iters: int = 400) -> list[str]:
     return tiny_train_opts(lists, out, iters=iters, val_interval=iters) + ["data.num_workers=2"]
 
@@ -65,7 +78,7 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_resume_is_exact(prepared_synt
     opts = _long_run(lists, out)
     proc = subprocess.Popen(_train_cmd(opts), env=ENV, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     workers = [w.pid for w in _workers_of(proc)]
-    time.sleep(1.5)  # mid-stage
+    _wait_for_steps(out, proc)  # mid-stage: training steps are being logged
     t0 = time.monotonic()
     proc.send_signal(signal.SIGTERM)
     _, err = proc.communicate(timeout=60)
@@ -87,6 +100,25 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_resume_is_exact(prepared_synt
     got = {it: loss for _, it, loss in resumed.history}
     assert sorted(got) == sorted(after) == list(range(stopped_at + 1, 401))
     np.testing.assert_allclose([got[i] for i in sorted(got)], [after[i] for i in sorted(after)], rtol=1e-5)
+
+
+@pytest.mark.parametrize("delay", [0.8, 1.6])
+def test_sigterm_early_is_exit_143_never_a_traceback(prepared_synth, tmp_path, delay):
+    """SIGTERM while Paddle is imported or the trainer is built (or, on a fast machine, just after
+    training began): one line, exit 143, and any checkpoint left is resumable."""
+    _, lists = prepared_synth
+    proc = subprocess.Popen(_train_cmd(_long_run(lists, tmp_path / "run")), env=ENV, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err[-1500:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("stopped by SIGTERM") and "Traceback" not in err, err[-1500:]
+    if "before training began" in last:
+        assert not list((tmp_path / "run").glob("stage*/iter_*"))
+    else:
+        assert all(checkpoint_damage(p) is None for p in (tmp_path / "run").glob("stage*/iter_*"))
 
 
 def test_sigkill_of_the_trainer_leaves_no_worker_behind(prepared_synth, tmp_path):

@@ -100,6 +100,7 @@ class Trainer:
     def __init__(self, cfg: Config, resume: bool = False, device: str | None = None, quiet: bool = False,
                  force: bool = False, allow_config_change: bool = False):
         self.cfg, self.resume, self.quiet = cfg, resume, quiet
+        self._previous_handlers = self._catch_signals()  # from the start: a SIGTERM during set-up is seen too
         self.world = dist.get_world_size()
         self.rank = dist.get_rank()
         self.device = select_device(device)
@@ -198,7 +199,7 @@ class Trainer:
             elif self.main:
                 print(f"no checkpoint in {self.out}; starting from scratch")
         results = []
-        previous = self._catch_signals()
+        self._catch_signals(keep_flag=True)  # again: Paddle's set-up may have replaced the handlers
         try:
             for i in range(len(self.cfg.stages)):
                 if i < start_stage:
@@ -206,27 +207,37 @@ class Trainer:
                 results.append(self.run_stage(i, resume_state if i == start_stage else None,
                                               resume_dir if i == start_stage else None))
         finally:
-            for signum, handler in previous.items():
+            for signum, handler in self._previous_handlers.items():
                 signal.signal(signum, handler)
             self.monitor.close()
         return results
 
-    def _catch_signals(self) -> dict:
+    def _catch_signals(self, keep_flag: bool = False) -> dict:
         """SIGTERM (a scheduler, a preempted node) and SIGINT only set a flag: the loop then
         writes a resumable checkpoint of the current iteration and stops (TrainingInterrupted)."""
-        self._signal = None
+        if not keep_flag:
+            self._signal = None
         if threading.current_thread() is not threading.main_thread():
             return {}
 
         def on_signal(signum, _frame):
             self._signal = signum
 
-        return {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        previous = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})  # held by the CLI until a handler was ready
+        return previous
+
+    def request_stop(self, signum: int) -> None:
+        """Stop as a signal would: checkpoint the current iteration and raise TrainingInterrupted."""
+        self._signal = signum
 
     def _stop_if_signalled(self, stage_dir: Path, model, optimizer, state: dict) -> None:
         if self._signal is None:
             return
         name = signal.Signals(self._signal).name
+        if state["iter"] == 0 and not list_checkpoints(self.out):  # nothing trained yet: nothing to save
+            raise TrainingInterrupted(f"stopped by {name} before training began; start again with the same command",
+                                      self._signal)
         if self.main:
             path = save_checkpoint(stage_dir / f"iter_{state['iter']:07d}", model, optimizer,
                                    {**state, "stopped_by": name})
