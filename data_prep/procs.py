@@ -105,9 +105,16 @@ def run_server(cmd: list[str], name: str, host: str, port: int, start_timeout: f
             time.sleep(0.2)
         return proc.wait()
     finally:
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_child(proc, grace=10)
+
+
+def stop_child(proc, grace: float) -> None:
+    """SIGTERM a child that is still running, SIGKILL it if it has not ended after `grace` s."""
+    import subprocess
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()

@@ -59,7 +59,7 @@ def _launch_distributed(args, argv: list[str]) -> int:
     inner = [a for a in argv if a not in ("--gpus", "--nproc", "--ips") and a not in (args.gpus, str(args.nproc), args.ips)]
     cmd = launch + [str(Path(__file__).resolve())] + inner
     env = dict(os.environ, PADDLE_LANE_LAUNCHED="1")
-    from data_prep.procs import die_with_parent
+    from data_prep.procs import die_with_parent, stop_child
 
     def stop(signum, _frame):  # the finally below passes it on to the launcher
         raise SystemExit(128 + signum)
@@ -70,12 +70,7 @@ def _launch_distributed(args, argv: list[str]) -> int:
     try:
         return proc.wait()
     finally:  # stopped (SIGTERM, Ctrl-C): the launcher passes it on to every rank, which checkpoint
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=120)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        stop_child(proc, grace=120)
 
 
 def parse_gpus(text: str | None) -> list[int]:
