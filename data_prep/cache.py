@@ -97,8 +97,9 @@ def build_entry(args) -> dict:
         stamp = source_stamp(image, label)
     except OSError as exc:
         return {"key": key, "image": image, "status": "error", "error": str(exc)}
-    existed = img_path.exists() and lab_path.exists()
-    if existed and stamp_path.exists() and stamp_path.read_text() == stamp:
+    complete = img_path.exists() and lab_path.exists()
+    existed = complete or img_path.exists() or lab_path.exists() or stamp_path.exists()  # a whole or partial entry
+    if complete and stamp_path.exists() and stamp_path.read_text() == stamp:
         return {"key": key, "status": "reused"}
     try:
         rgb, train_ids = load_resized(image, label, scheme, train_lut, offset, size, label_resize, full_size)

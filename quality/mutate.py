@@ -81,6 +81,7 @@ def configure(dest: Path, target: str, tests: list[str]) -> None:
     text = (dest / "pyproject.toml").read_text()
     text = re.sub(r"(?m)^addopts = .*$", "addopts = \"-m 'not slow' -p no:cacheprovider\"", text)
     text += (f'\n[tool.mutmut]\nsource_paths = ["paddle_lane", "data_prep"]\nonly_mutate = ["{target}"]\n'
+             'also_copy = ["configs", "bench", "README.md", "run.sh"]\n'
              f"pytest_add_cli_args_test_selection = {tests!r}\n".replace("'", '"')
              + 'pytest_add_cli_args = ["-x", "-q"]\n')
     (dest / "pyproject.toml").write_text(text)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -360,3 +361,44 @@ def test_cache_folder_follows_every_input_of_its_files(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "LABEL_RESIZE_VERSION", cache.LABEL_RESIZE_VERSION + 1)
     variants.append(cache.cache_dir(tmp_path, 690, (768, 256), scheme, "background", "nearest"))
     assert len({base, *variants}) == len(variants) + 1
+
+
+@pytest.mark.parametrize("full, offset, size, reduce", [
+    ((3384, 1710), 690, (768, 256), 2),   # 690 is not a multiple of 4: the crop row must stay exact
+    ((3384, 1710), 688, (384, 128), 8),   # 423 >= 0.99 * 384 and 127 >= 0.99 * 128
+    ((3384, 1710), 688, (846, 255), 4),   # 8 would give 423 columns for 846
+    ((3384, 1710), 690, (1536, 512), 2),  # 510 rows >= 0.99 * 512 (a 0.4 % stretch)
+    ((3384, 1710), 690, (2000, 800), 1),  # 1692 columns < 0.99 * 2000
+    ((846, 428), 172, (192, 64), 4),      # 211 >= 190.1, 64 >= 63.4, 172 % 4 == 0
+    ((846, 428), 172, (256, 96), 2),      # 4 gives 64 rows < 95.04
+])
+def test_jpeg_decode_reduction_by_hand(full, offset, size, reduce):
+    from data_prep.cache import best_reduce
+    assert best_reduce(full, offset, size) == reduce
+
+
+def test_cache_entry_states(tmp_path):
+    """written, reused (same source), rebuilt (source changed or a file missing), error (named)."""
+    from data_prep.cache import build_entry, cached_paths
+    from data_prep.synth import make_dataset
+    info = make_dataset(tmp_path / "raw", roads=("Road02",), records_per_road=1, frames_per_record=1,
+                        cameras=("Camera 5",), width=W, height=H, seed=2)
+    pair = info["pairs"][0]
+    scheme = load_scheme("apollo8")
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    job = (pair["key"], pair["image"], pair["label"], str(folder), scheme, scheme.train_lut("background"),
+           OFFSET, (96, 32), "nearest", (W, H))
+    assert build_entry(job)["status"] == "written"
+    assert build_entry(job)["status"] == "reused"
+    img, lab = cached_paths(folder, pair["key"])
+    lab.unlink()
+    assert build_entry(job)["status"] == "rebuilt" and lab.exists()
+    os.utime(pair["label"], ns=(1, 1))  # the label's source changed (mtime)
+    assert build_entry(job)["status"] == "rebuilt"
+    os.utime(pair["image"], ns=(2, 2))  # the image's too
+    assert build_entry(job)["status"] == "rebuilt"
+    assert build_entry(job)["status"] == "reused"
+    missing = (pair["key"] + "x", str(tmp_path / "nope.jpg"), pair["label"], *job[3:])
+    res = build_entry(missing)
+    assert res["status"] == "error" and "nope.jpg" in res["error"] and res["image"] == str(tmp_path / "nope.jpg")

@@ -72,3 +72,60 @@ def test_shrink_by_a_fractional_factor_weights_pixels_by_overlap(src, dst):
     np.testing.assert_allclose(resize_image(rgb, dst), _area_reference(rgb, dst), rtol=0, atol=1e-3)
     u8 = rgb.round().astype(np.uint8)  # the dtype images have: the exact average, rounded
     assert np.abs(resize_image(u8, dst).astype(np.float64) - _area_reference(u8, dst)).max() <= 0.5 + 1e-9
+
+
+# ----------------------------------------------------------------------------- crop rows, labels
+@pytest.mark.parametrize("offset, frame_height, height, rows", [
+    (690, 1710, 1710, 690), (690, 1710, 855, 345), (690, 1710, 428, 173), (690, 1710, 3420, 1380), (76, 192, 96, 38)])
+def test_crop_follows_the_frame_height(offset, frame_height, height, rows):
+    from data_prep.resize import crop_rows
+    assert crop_rows(offset, frame_height, height) == rows  # round(offset * height / frame_height), by hand
+
+
+def _centre_reference(ids: np.ndarray, size) -> np.ndarray:
+    """The source pixel under each target pixel's centre (a centre on a border takes the lower)."""
+    w, h = size
+    ys = np.ceil((np.arange(h) + 0.5) * ids.shape[0] / h - 1).astype(int)
+    xs = np.ceil((np.arange(w) + 0.5) * ids.shape[1] / w - 1).astype(int)
+    return ids[ys][:, xs]
+
+
+def test_label_vote_takes_the_largest_share_of_each_block():
+    """4x4 -> 2x2 by hand: each 2x2 block goes to its most frequent value; a tie goes to the
+    lower value; ignore (255) competes like a class."""
+    from data_prep.resize import resize_label
+    ids = np.array([[1, 1, 2, 3],
+                    [1, 0, 2, 2],
+                    [0, 0, 255, 255],
+                    [4, 4, 255, 7]], np.uint8)
+    np.testing.assert_array_equal(resize_label(ids, (2, 2), "vote"), [[1, 2], [0, 255]])
+    tie = np.array([[5, 5], [6, 6]], np.uint8)  # one block, half 5 and half 6
+    assert resize_label(tie, (1, 1), "vote").tolist() == [[5]]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "vote"])
+def test_label_resize_samples_centres_when_nearest_or_enlarging(mode):
+    from data_prep.resize import resize_label
+    ids = np.random.default_rng(3).integers(0, 8, (30, 50)).astype(np.uint8)
+    # even target sides: no target centre falls on a source border, so "the pixel under it" is unique
+    np.testing.assert_array_equal(resize_label(ids, (76, 46), mode), _centre_reference(ids, (76, 46)))
+    np.testing.assert_array_equal(resize_label(ids, (70, 20), mode), _centre_reference(ids, (70, 20)))  # one axis up
+    if mode == "nearest":
+        np.testing.assert_array_equal(resize_label(ids, (20, 12), mode), _centre_reference(ids, (20, 12)))
+    assert resize_label(ids, (50, 30), mode) is ids
+
+
+def test_label_resize_rejects_an_unknown_rule():
+    from data_prep.resize import resize_label
+    with pytest.raises(ValueError, match=r"label resize rule must be one of \['vote', 'nearest'\], got 'area'"):
+        resize_label(np.zeros((4, 4), np.uint8), (2, 2), "area")
+
+
+def test_resize_image_enlarges_bilinearly_and_keeps_a_same_size_image():
+    rgb = np.random.default_rng(4).integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    assert resize_image(rgb, (8, 6)) is rgb
+    # enlarging, or shrinking one axis only, is bilinear with pixel-centre alignment
+    for size in ((16, 12), (4, 12), (16, 3)):
+        want = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_array_equal(resize_image(rgb, size), want)
+    assert not np.array_equal(resize_image(rgb, (3, 2)), cv2.resize(rgb, (3, 2), interpolation=cv2.INTER_LINEAR))
