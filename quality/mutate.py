@@ -15,7 +15,9 @@ Score = killed / (killed + surviving mutants that change code). Target: >= 90 % 
 from __future__ import annotations
 
 import argparse
+import os
 import re
+import signal
 import shutil
 import subprocess
 import sys
@@ -94,13 +96,19 @@ def run_module(name: str, minutes: float, workers: int, show: int = 0) -> dict:
         project_copy(dest)
         configure(dest, target, tests)
         t0 = time.monotonic()
+        # its own process group, so the time limit ends mutmut's workers too, not only mutmut
+        proc = subprocess.Popen([str(MUTMUT), "run", "--max-children", str(workers)], cwd=dest, text=True,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
         try:
-            run = subprocess.run([str(MUTMUT), "run", "--max-children", str(workers)], cwd=dest, capture_output=True,
-                                 text=True, timeout=60 * minutes)
-            finished = run.returncode == 0
-            tail = run.stdout[-500:] + run.stderr[-1500:]
+            out, err = proc.communicate(timeout=60 * minutes)
+            finished, tail = proc.returncode == 0, out[-500:] + err[-1500:]
         except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate()
             finished, tail = False, "time limit reached"
+        except BaseException:  # Ctrl-C or SIGTERM of this script: no worker is left behind
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
         listing = subprocess.run([str(MUTMUT), "results", "--all", "true"], cwd=dest, capture_output=True,
                                  text=True).stdout
         status = dict(line.strip().rsplit(": ", 1) for line in listing.splitlines() if ": " in line)
@@ -129,6 +137,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not MUTMUT.exists():
         sys.exit(f"mutmut not found beside {sys.executable}: run ./run.sh mutate (it installs requirements-dev.lock)")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # unwinds: temp copies removed, workers killed
     rows = [run_module(m, args.minutes, args.workers, args.show) for m in (args.modules or list(MODULES))]
     print(f"\n{'module':<11} {'mutants':>7} {'killed':>6} {'survived':>8} {'text-only':>9} {'other':>5} "
           f"{'score':>6}  time")
