@@ -40,7 +40,7 @@ import pandas as pd
 import paddle
 
 from data_prep.cache import best_reduce
-from data_prep.procs import StallWatchdog
+from data_prep.procs import watched
 from data_prep.labels import known_ids, load_scheme
 from data_prep.prepare import prepare
 from paddle_lane.config import Config, load_config
@@ -305,20 +305,10 @@ def time_ours(ds: LaneDataset, batch: int, workers: int, repeat: int = 1) -> tup
     loader = paddle.io.DataLoader(ds, batch_sampler=_InOrder(len(ds) * repeat, batch), num_workers=workers,
                                   use_shared_memory=workers > 0, worker_init_fn=loader_worker_init)
     n = 0
-    watchdog = StallWatchdog(LOADER_TIMEOUT, "bench_train part 2")  # a stalled loader is an error, not a hang
-    batches = iter(loader)
-    try:
-        while True:
-            watchdog.arm(f"loading with {workers} worker(s), after {n} images")
-            batch = next(batches, None)
-            watchdog.disarm()
-            if batch is None:
-                break
-            images, labels = batch
-            labels.astype("int64")  # finish as the trainer does: cast labels in the main process
-            n += int(images.shape[0])
-    finally:
-        watchdog.close()
+    # a stalled loader is an error, not a hang
+    for images, labels in watched(loader, LOADER_TIMEOUT, lambda k: f"loading with {workers} worker(s), batch {k}"):
+        labels.astype("int64")  # finish as the trainer does: cast labels in the main process
+        n += int(images.shape[0])
     return n, time.perf_counter() - t0
 
 

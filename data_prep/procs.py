@@ -3,11 +3,13 @@ parent (whatever killed it), and a wait that makes no progress becomes one clear
 from __future__ import annotations
 
 import ctypes
+import itertools
 import os
 import signal
 import sys
 import threading
 import time
+from typing import Callable, Iterable, Iterator
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_STALLED = 4
@@ -63,6 +65,26 @@ class StallWatchdog:
                 print(f"\nerror: {context}: nothing arrived for {self.timeout:.0f} s (a data loader worker stalled)"
                       f"{'; ' + self.hint if self.hint else ''}", file=sys.stderr, flush=True)
                 os._exit(EXIT_STALLED)
+
+
+def watched(items: Iterable, timeout: float, awaited: Callable[[int], str], hint: str = "") -> Iterator:
+    """The items of an iterator (a DataLoader's batches), each awaited under a StallWatchdog:
+    `awaited(k)` says what item k is (called once per item, in order) for the one-line error."""
+    watchdog = StallWatchdog(timeout, hint)
+    it = iter(items)
+    try:
+        for k in itertools.count():
+            watchdog.arm(awaited(k))
+            item = next(it, _END)
+            watchdog.disarm()
+            if item is _END:
+                return
+            yield item
+    finally:
+        watchdog.close()
+
+
+_END = object()
 
 
 def port_in_use(host: str, port: int) -> bool:

@@ -44,3 +44,22 @@ def tiny_train_opts(lists: Path, out: Path, iters: int = 40, val_interval: int =
             f"stages=[{{width: 128, height: 48, batch_size: 4, iters: {iters}, lr: 0.01}}]",
             f"train.val_interval={val_interval}", "train.log_interval=5", "train.vis_images=1",
             "schedule.warmup_iters=5", "model.width=8"]
+
+
+def alive_after(pids: list[int], seconds: float) -> list[int]:
+    """The pids still running (zombies excluded) once `seconds` have passed, or [] as soon as none is."""
+    import time
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    deadline = time.monotonic() + seconds
+    while True:
+        alive = [p for p in pids if running(p)]
+        if not alive or time.monotonic() > deadline:
+            return alive
+        time.sleep(0.1)

@@ -17,7 +17,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, tiny_train_opts
+from conftest import ROOT, alive_after, tiny_train_opts
 from paddle_lane.config import load_config
 from paddle_lane.engine.checkpoint import checkpoint_damage
 from paddle_lane.engine.trainer import Trainer
@@ -42,18 +42,6 @@ def _workers_of(proc: subprocess.Popen, want: int = 2, timeout: float = 60) -> l
             raise AssertionError(f"trainer exited early: {proc.returncode}: {proc.stderr.read()[-2000:]}")
         time.sleep(0.1)
     raise AssertionError("no loader workers appeared")
-
-
-def _gone_within(pids: list[int], seconds: float) -> list[int]:
-    """Pids still alive (and not zombies) after `seconds`."""
-    deadline = time.monotonic() + seconds
-    alive = pids
-    while time.monotonic() < deadline:
-        alive = [p for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
-        if not alive:
-            return []
-        time.sleep(0.1)
-    return alive
 
 
 def _wait_for_steps(out: Path, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -84,7 +72,7 @@ def test_sigterm_writes_a_checkpoint_exits_143_and_resume_is_exact(prepared_synt
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 143, err[-2000:]
     assert time.monotonic() - t0 < 15
-    assert _gone_within(workers, 5) == []
+    assert alive_after(workers, 5) == []
     last = err.strip().splitlines()[-1]
     assert last.startswith("stopped by SIGTERM at stage 0 iteration") and "--resume" in last, last
     ckpts = sorted((out / "stage0").glob("iter_*"))
@@ -128,7 +116,7 @@ def test_sigkill_of_the_trainer_leaves_no_worker_behind(prepared_synth, tmp_path
     workers = [w.pid for w in _workers_of(proc)]
     proc.kill()
     proc.wait(timeout=30)
-    assert _gone_within(workers, 5) == []
+    assert alive_after(workers, 5) == []
 
 
 STALL_SCRIPT = """
@@ -161,7 +149,7 @@ def test_a_stalled_loader_is_one_line_and_exit_4(prepared_synth, tmp_path):
     assert len(errors) == 1, err[-2000:]
     stuck_key = pd.read_csv(lists / "train.csv")["key"][3]
     assert "stage 0 iteration" in errors[0] and stuck_key in errors[0] and "stalled" in errors[0], errors[0]
-    assert _gone_within(workers, 5) == []
+    assert alive_after(workers, 5) == []
 
 
 def test_resume_skips_a_damaged_newest_checkpoint(prepared_synth, tmp_path, capsys):

@@ -18,7 +18,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, real_data_or_skip, tiny_train_opts
+from conftest import ROOT, alive_after, real_data_or_skip, tiny_train_opts
 from data_prep.label_io import read_label
 from paddle_lane import cli
 from paddle_lane.config import load_config
@@ -236,10 +236,7 @@ def _kill_after(cmd: list[str], delay: float) -> None:
     kids = [k.pid for k in psutil.Process(proc.pid).children(recursive=True)] if proc.poll() is None else []
     proc.send_signal(signal.SIGKILL)
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 5
-    while any(psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE for k in kids):
-        assert time.monotonic() < deadline, "a child outlived its killed parent"
-        time.sleep(0.1)
+    assert alive_after(kids, 5) == [], "a child outlived its killed parent"
 
 
 def test_training_killed_at_ten_points_always_resumes(prepared_synth, tmp_path):
@@ -292,10 +289,7 @@ def test_sigkill_of_prepare_leaves_no_pool_worker(prepared_synth, tmp_path):
         pytest.skip("prepare finished before its pool could be observed")
     proc.kill()
     proc.wait(timeout=30)
-    deadline = time.monotonic() + 5
-    while any(psutil.pid_exists(k) and psutil.Process(k).status() != psutil.STATUS_ZOMBIE for k in kids):
-        assert time.monotonic() < deadline, "a pool worker outlived the killed prepare"
-        time.sleep(0.1)
+    assert alive_after(kids, 5) == [], "a pool worker outlived the killed prepare"
 
 
 def test_temp_files_of_a_killed_infer_are_removed_and_never_scored(prepared_synth, tmp_path):

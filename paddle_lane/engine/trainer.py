@@ -24,7 +24,7 @@ from paddle_lane.data.dataset import (LaneDataset, StageBatchSampler, loader_wor
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.device import is_gpu, select_device
 from data_prep.io_utils import atomic_write_text
-from data_prep.procs import StallWatchdog
+from data_prep.procs import watched
 from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights,
                                            newest_intact_checkpoint, prune, read_state, save_checkpoint)
 from paddle_lane.engine.monitor import Monitor
@@ -89,8 +89,8 @@ def trim_metrics(path: Path, stage: int, it: int) -> None:
 
 
 def reseed(seed: int, stage: int, it: int, rank: int) -> None:
-    """Re-seed Paddle's RNG (dropout etc.) at every checkpoint, so a resumed run draws the
-    same random numbers as the uninterrupted one from that point on."""
+    """Re-seed Paddle's RNG (dropout etc.) from the iteration, before every step, so a run
+    resumed at any iteration draws the same random numbers as the uninterrupted one."""
     paddle.seed(seed * 1_000_003 + stage * 10_007 + it * 31 + rank)
 
 
@@ -294,9 +294,13 @@ class Trainer:
                    dynamic_ncols=True)
         stopped_early = False
         net.train()
-        watchdog = StallWatchdog(cfg.data.loader_timeout, f"checkpoints are kept in {self.out}; continue with --resume")
         expected = iter(sampler)  # the same batches as the loader's, to name what a stall waits for
         keys = self.train_df["key"].astype(str).tolist()
+
+        def awaited(_k: int) -> str:
+            frames = [keys[g % n_train] for g in next(expected, [])]
+            return (f"stage {stage_idx} iteration {it + 1}/{st.iters}: waiting for a batch of "
+                    f"{', '.join(frames[:4])}{' ...' if len(frames) > 4 else ''}")
 
         def state_now(**extra) -> dict:
             return {"stage": stage_idx, "iter": it, "lr": lr.last_lr,
@@ -304,19 +308,13 @@ class Trainer:
                     "bad_vals": bad_vals, "stage_done": it >= st.iters, "size": [st.width, st.height], **extra}
 
         batches = iter(loader)
+        stream = watched(batches, cfg.data.loader_timeout, awaited,
+                         f"checkpoints are kept in {self.out}; continue with --resume")
         try:
             t_fetch = self._since_val = time.perf_counter()
             self._last_save = time.monotonic()
-            while True:
-                self._stop_if_signalled(stage_dir, model, optimizer, state_now())
-                awaited = [keys[g % n_train] for g in next(expected, [])]
-                watchdog.arm(f"stage {stage_idx} iteration {it + 1}/{st.iters}: waiting for a batch of "
-                             f"{', '.join(awaited[:4])}{' ...' if len(awaited) > 4 else ''}")
-                batch = next(batches, None)
-                watchdog.disarm()
-                if batch is None:
-                    break
-                images, labels = batch
+            self._stop_if_signalled(stage_dir, model, optimizer, state_now())
+            for images, labels in stream:
                 t_data = time.perf_counter() - t_fetch
                 if frozen and it >= cfg.model.freeze_backbone_iters:
                     set_backbone_trainable(model, True)
@@ -347,9 +345,10 @@ class Trainer:
                         break
                 elif self._checkpoint_due(it):  # a killed run loses minutes, not a validation interval
                     self._save(stage_dir, model, optimizer, state_now(loss=loss_value), improved=False)
+                self._stop_if_signalled(stage_dir, model, optimizer, state_now())
                 t_fetch = time.perf_counter()
         finally:
-            watchdog.close()
+            stream.close()
             bar.close()
             shutdown = getattr(batches, "_try_shutdown_all", None)
             if shutdown is not None:  # early stop or error: release the loader's worker processes

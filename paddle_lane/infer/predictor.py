@@ -30,7 +30,7 @@ from data_prep.resize import argmax_full_size, crop_rows, crop_top, resize_image
 from paddle_lane.config import ConfigError, load_config
 from paddle_lane.data.transforms import FULL_SIZE, normalize
 from paddle_lane.device import select_device
-from data_prep.procs import StallWatchdog, die_with_parent
+from data_prep.procs import die_with_parent, watched
 from paddle_lane.engine.checkpoint import load_weights, read_state, resolve_weights
 from paddle_lane.engine.run_dir import CONFIG_FILE
 from paddle_lane.models import build_model
@@ -329,8 +329,7 @@ class Predictor:
 
     def predict_train_ids(self, rgb_full: np.ndarray) -> np.ndarray:
         """HxW uint8 train ids at the frame's own size (for overlays)."""
-        full_size = (rgb_full.shape[1], rgb_full.shape[0])
-        return probs_to_train_ids(self.predict_probs(rgb_full), self.offset_for(full_size[1]), full_size)
+        return self.to_train_ids(self.predict_probs(rgb_full), (rgb_full.shape[1], rgb_full.shape[0]))
 
     def predict_ids(self, rgb_full: np.ndarray) -> np.ndarray:
         """HxW uint8 Apollo ids at the frame's own size: a submission image."""
@@ -370,24 +369,14 @@ class Predictor:
         """One FileResult per path, in order: probabilities, or the reason it could not be read.
         A batch that takes longer than `timeout` s (default data.loader_timeout) ends the process
         with one line naming the awaited files."""
-        bar = tqdm(total=len(paths), desc=what, unit="img", disable=not progress, dynamic_ncols=True)
         bs = batch_size or self.cfg.infer.batch_size
-        watchdog = StallWatchdog(self.cfg.data.loader_timeout if timeout is None else timeout)
-        done = 0
-        try:
-            with bar:
-                batches = iter(self.loader(paths, batch_size, num_workers))
-                while True:
-                    watchdog.arm(f"{what}: waiting for {', '.join(paths[done:done + bs])}")
-                    batch = next(batches, None)
-                    watchdog.disarm()
-                    if batch is None:
-                        return
-                    yield from self._batch_results(batch, paths)
-                    done += len(batch["index"])
-                    bar.update(len(batch["index"]))
-        finally:
-            watchdog.close()
+        batches = watched(self.loader(paths, batch_size, num_workers),
+                          self.cfg.data.loader_timeout if timeout is None else timeout,
+                          lambda k: f"{what}: waiting for {', '.join(paths[k * bs:(k + 1) * bs])}")
+        with tqdm(total=len(paths), desc=what, unit="img", disable=not progress, dynamic_ncols=True) as bar:
+            for batch in batches:
+                yield from self._batch_results(batch, paths)
+                bar.update(len(batch["index"]))
 
     def _batch_results(self, batch: dict, paths: Sequence[str]) -> Iterator["FileResult"]:
         index = np.asarray(batch["index"]).ravel()
