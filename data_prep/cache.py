@@ -65,7 +65,7 @@ def best_reduce(full_size: tuple[int, int], offset: int, size: tuple[int, int]) 
     return 1
 
 
-def load_resized(image: str, label: str | None, scheme: Scheme, train_lut, offset: int,
+def load_resized(image: str, label: str | None, train_lut, offset: int,
                  size: tuple[int, int], label_resize: str, full_size: tuple[int, int]):
     """(rgb, train_ids or None) cropped and resized from the full-size files."""
     reduce = best_reduce(full_size, offset, size)
@@ -98,11 +98,11 @@ def build_entry(args) -> dict:
     except OSError as exc:
         return {"key": key, "image": image, "status": "error", "error": str(exc)}
     complete = img_path.exists() and lab_path.exists()
-    existed = complete or img_path.exists() or lab_path.exists() or stamp_path.exists()  # a whole or partial entry
+    existed = img_path.exists() or lab_path.exists() or stamp_path.exists()  # a whole or partial entry
     if complete and stamp_path.exists() and stamp_path.read_text() == stamp:
         return {"key": key, "status": "reused"}
     try:
-        rgb, train_ids = load_resized(image, label, scheme, train_lut, offset, size, label_resize, full_size)
+        rgb, train_ids = load_resized(image, label, train_lut, offset, size, label_resize, full_size)
     except (ValueError, OSError) as exc:  # unreadable or mismatched frame: reported, not fatal
         return {"key": key, "image": image, "status": "error", "error": str(exc)}
     atomic_write_jpeg(img_path, rgb, JPEG_QUALITY)

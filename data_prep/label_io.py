@@ -87,16 +87,27 @@ def read_label(path: str | Path) -> np.ndarray:
 
 def read_image(path: str | Path, reduce: int = 1) -> np.ndarray:
     """RGB uint8 HxWx3. `reduce` in (1, 2, 4, 8) decodes JPEGs at 1/reduce size (much faster)."""
-    flags = {1: cv2.IMREAD_COLOR, 2: cv2.IMREAD_REDUCED_COLOR_2,
-             4: cv2.IMREAD_REDUCED_COLOR_4, 8: cv2.IMREAD_REDUCED_COLOR_8}[reduce]
     data = np.fromfile(str(path), dtype=np.uint8)  # np.fromfile + imdecode: paths with spaces/unicode are fine
+    return decode_image(data, reduce, path)
+
+
+def decode_image(data: np.ndarray | bytes, reduce: int = 1, source: str | Path = "<bytes>") -> np.ndarray:
+    """read_image for encoded bytes (an upload): JPEGs at 1/reduce size in the DCT domain, other
+    formats decoded whole and area-averaged to the size cv2's reduced decode gives (cv2 itself
+    subsamples them bilinearly, which aliases at 4x and 8x)."""
+    if reduce not in (1, 2, 4, 8):
+        raise ValueError(f"reduce must be 1, 2, 4 or 8, got {reduce}")
+    data = np.frombuffer(data, np.uint8) if isinstance(data, (bytes, bytearray, memoryview)) else data
     if data[:2].tobytes() == b"\xff\xd8":
         if b"\xff\xd9" not in data[-64:].tobytes():
-            raise UnreadableFileError(f"{path}: truncated JPEG (no end-of-image marker)")
-        return _decode_jpeg(data, reduce, path)
-    img = cv2.imdecode(data, flags) if data.size else None
+            raise UnreadableFileError(f"{source}: truncated JPEG (no end-of-image marker)")
+        return _decode_jpeg(data, reduce, source)
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR) if data.size else None
     if img is None:
-        raise UnreadableFileError(f"{path}: cannot decode image")
+        raise UnreadableFileError(f"{source}: cannot decode image")
+    if reduce > 1:
+        h, w = img.shape[:2]
+        img = cv2.resize(img, (max(1, w // reduce), max(1, h // reduce)), interpolation=cv2.INTER_AREA)
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 

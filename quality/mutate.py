@@ -23,24 +23,22 @@ import subprocess
 import sys
 import tempfile
 import time
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 MUTMUT = Path(sys.executable).with_name("mutmut")
 
-# module name -> (file to mutate, tests that pin it)
-MODULES = {
-    "labels": ("data_prep/labels.py", ["tests/test_labels.py"]),
-    "resize": ("data_prep/resize.py", ["tests/test_resize.py", "tests/test_dataset.py"]),
-    "cache": ("data_prep/cache.py", ["tests/test_prepare.py"]),
-    "metrics": ("paddle_lane/metrics.py", ["tests/test_metrics.py", "tests/test_scorer.py"]),
-    "scorer": ("paddle_lane/scorer.py", ["tests/test_scorer.py"]),
-    "losses": ("paddle_lane/losses.py", ["tests/test_losses.py"]),
-    "schedules": ("paddle_lane/engine/schedules.py", ["tests/test_schedules.py"]),
-    "predictor": ("paddle_lane/infer/predictor.py", ["tests/test_infer.py"]),
-    "submission": ("paddle_lane/infer/submission.py", ["tests/test_infer.py"]),
-    "alignment": ("paddle_lane/infer/alignment.py", ["tests/test_alignment.py"]),
-}
+PYPROJECT = ROOT / "pyproject.toml"
+
+
+def modules(pyproject: Path = PYPROJECT) -> dict[str, tuple[str, list[str]]]:
+    """name -> (file to mutate, tests that pin it), from [tool.paddle-lane.mutate] of pyproject.toml."""
+    table = tomllib.loads(pyproject.read_text())["tool"]["paddle-lane"]["mutate"]
+    return {name: (entry[0], list(entry[1:])) for name, entry in table.items()}
+
+
+MODULES = modules()
 STRING = re.compile(r"""(?:\b[rbfuRBFU]{1,2})?("([^"\\]|\\.)*"|'([^'\\]|\\.)*')""")
 
 
@@ -79,13 +77,12 @@ def project_copy(dest: Path) -> None:
 
 
 def configure(dest: Path, target: str, tests: list[str]) -> None:
-    """mutmut settings for one module, appended to the copy's pyproject.toml."""
+    """The copy's [tool.mutmut] gets this module and its tests; the default-run marker filter stays."""
     text = (dest / "pyproject.toml").read_text()
     text = re.sub(r"(?m)^addopts = .*$", "addopts = \"-m 'not slow' -p no:cacheprovider\"", text)
-    text += (f'\n[tool.mutmut]\nsource_paths = ["paddle_lane", "data_prep"]\nonly_mutate = ["{target}"]\n'
-             'also_copy = ["configs", "bench", "README.md", "run.sh"]\n'
-             f"pytest_add_cli_args_test_selection = {tests!r}\n".replace("'", '"')
-             + 'pytest_add_cli_args = ["-x", "-q"]\n')
+    selection = "[" + ", ".join(f'"{t}"' for t in tests) + "]"
+    text = text.replace("[tool.mutmut]\n", f'[tool.mutmut]\nonly_mutate = ["{target}"]\n'
+                                            f"pytest_add_cli_args_test_selection = {selection}\n", 1)
     (dest / "pyproject.toml").write_text(text)
 
 

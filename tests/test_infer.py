@@ -156,7 +156,7 @@ def test_preprocessing_is_the_training_one(cfg, data, ckpt):
     scheme = load_scheme(cfg.data.scheme)
     crops = inputs_from_file(pair["image"], pred.input_sizes, OFFSET, full)
     for size, crop in zip(pred.input_sizes, crops):
-        ref, _ = load_resized(pair["image"], None, scheme, scheme.train_lut(), OFFSET, size, "nearest", full)
+        ref, _ = load_resized(pair["image"], None, scheme.train_lut(), OFFSET, size, "nearest", full)
         np.testing.assert_array_equal(crop, ref)
     row = {**pair, "width": full[0], "height": full[1]}  # as prepare's lists hold them
     ds = LaneDataset(pd.DataFrame([row]), FrameSource.from_config(cfg, SIZE), cfg.data.mean, cfg.data.std,

@@ -129,3 +129,53 @@ def test_resize_image_enlarges_bilinearly_and_keeps_a_same_size_image():
         want = cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR)
         np.testing.assert_array_equal(resize_image(rgb, size), want)
     assert not np.array_equal(resize_image(rgb, (3, 2)), cv2.resize(rgb, (3, 2), interpolation=cv2.INTER_LINEAR))
+
+
+def test_one_axis_equal_or_enlarged_is_bilinear_not_area():
+    """Area only when both sides shrink: a width kept (8 -> 8) or a height enlarged (6 -> 7)
+    with the other side shrinking is bilinear."""
+    rgb = np.random.default_rng(5).integers(0, 256, (6, 8, 3)).astype(np.uint8)
+    for size in ((8, 3), (4, 6), (4, 7), (6, 7)):
+        np.testing.assert_array_equal(resize_image(rgb, size), cv2.resize(rgb, size, interpolation=cv2.INTER_LINEAR),
+                                      err_msg=str(size))
+    area = cv2.resize(rgb, (4, 3), interpolation=cv2.INTER_AREA)
+    np.testing.assert_array_equal(resize_image(rgb, (4, 3)), area)
+
+
+def test_label_vote_only_when_both_sides_shrink():
+    """Vote mode on a kept width (or height) samples centres like nearest: of vertical pairs
+    (5 over 3) a centre on the border takes the upper pixel, 5, where a tied vote takes the lower value, 3."""
+    from data_prep.resize import resize_label
+    ids = np.array([[5, 5, 5, 5, 5, 5], [3, 3, 3, 3, 3, 3]] * 2, np.uint8)  # 6 wide, 4 tall
+    assert resize_label(ids, (6, 2), "vote").tolist() == [[5] * 6, [5] * 6]
+    assert resize_label(ids.T.copy(), (2, 6), "vote").tolist() == [[5, 5]] * 6
+    wide = np.array([[5, 3] * 4] * 6, np.uint8)                             # 8 wide, 6 tall
+    assert resize_label(wide, (4, 7), "vote").tolist() == [[5] * 4] * 7     # height enlarged: centres
+    voted = resize_label(wide, (4, 3), "vote")
+    assert voted.dtype == np.uint8 and voted.tolist() == [[3] * 4] * 3      # both shrink: tie -> lower value
+
+
+def test_label_vote_counts_the_whole_block_not_its_centre():
+    """3x shrink: bilinear would read each block's centre pixel; the vote counts all nine."""
+    from data_prep.resize import resize_label
+    ids = np.full((6, 6), 4, np.uint8)
+    ids[1, 1] = ids[1, 4] = ids[4, 1] = ids[4, 4] = 9                       # the centre of every block
+    ids[3:6, 3:6][ids[3:6, 3:6] == 4] = 2                                    # one block mostly 2
+    assert resize_label(ids, (2, 2), "vote").tolist() == [[4, 4], [4, 2]]
+    assert resize_label(ids, (2, 2), "nearest").tolist() == [[9, 9], [9, 9]]
+
+
+def test_argmax_full_size_is_uint8():
+    from data_prep.resize import argmax_full_size
+    probs = np.random.default_rng(6).random((3, 4, 5)).astype(np.float32)
+    out = argmax_full_size(probs, 2, (10, 10))
+    assert out.dtype == np.uint8 and out.shape == (10, 10)
+
+
+def test_argmax_full_size_takes_half_precision_scores():
+    """A half-precision backend's float16 scores go through (OpenCV resizes float32, not float16)."""
+    from data_prep.resize import argmax_full_size
+    probs = np.random.default_rng(7).random((3, 4, 5)).astype(np.float32)
+    half = argmax_full_size(probs.astype(np.float16), 0, (10, 8))
+    full = argmax_full_size(probs.astype(np.float16).astype(np.float32), 0, (10, 8))
+    np.testing.assert_array_equal(half, full)

@@ -46,7 +46,7 @@ class FrameSource:
             if img_path.exists() and (label is None or lab_path.exists()):
                 rgb = read_image(img_path)
                 return rgb, (read_label(lab_path) if label else None)
-        return load_resized(image, label or None, self.scheme, self.train_lut,
+        return load_resized(image, label or None, self.train_lut,
                             crop_rows(self.offset, self.frame_height, full_size[1]), self.size,
                             self.label_resize, full_size)
 

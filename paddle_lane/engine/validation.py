@@ -84,7 +84,7 @@ def validate_frames(predictor, rows: pd.DataFrame, scheme: Scheme, num_workers: 
     An unreadable image is scored as an all-background prediction (a missing file in a
     submission counts that way) and named; an unreadable label leaves the frame out, as
     evaluate does."""
-    from paddle_lane.infer.predictor import inputs_from_file
+    from paddle_lane.infer.geometry import inputs_from_file
     metric = SegMetric(scheme.num_classes, scheme.class_names, IGNORE_INDEX)
     images, labels = rows["image"].astype(str).tolist(), rows["label"].astype(str).tolist()
     unreadable: list[str] = []

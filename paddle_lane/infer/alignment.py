@@ -24,7 +24,7 @@ import numpy as np
 from data_prep.label_io import read_label
 from data_prep.labels import Scheme, apply_lut, load_scheme
 from data_prep.resize import LABEL_RESIZE_RULES, crop_top, resize_label
-from paddle_lane.infer.predictor import probs_to_ids
+from paddle_lane.infer.geometry import probs_to_ids
 from paddle_lane.metrics import SegMetric, packed_confusion, pair_code_lut
 
 MODES = ("area", "nearest") + tuple(f"label-{rule}" for rule in LABEL_RESIZE_RULES)

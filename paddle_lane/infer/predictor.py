@@ -16,82 +16,35 @@ import dataclasses
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from data_prep.cache import best_reduce
-from data_prep.label_io import UnreadableFileError, image_size, read_image
-from data_prep.labels import Scheme, load_scheme
-from data_prep.resize import argmax_full_size, crop_rows, crop_top, resize_image
+from data_prep.label_io import UnreadableFileError, image_size
+from data_prep.labels import load_scheme
+from data_prep.resize import crop_rows
 from paddle_lane.config import ConfigError, load_config
-from paddle_lane.data.transforms import FULL_SIZE, normalize
+from paddle_lane.data.transforms import FULL_SIZE
 from paddle_lane.device import select_device
 from data_prep.procs import die_with_parent, watched
 from paddle_lane.engine.checkpoint import load_weights, read_state, resolve_weights
 from paddle_lane.engine.run_dir import CONFIG_FILE
 from paddle_lane.models import build_model
 
-Size = tuple[int, int]  # (width, height)
-InputKey = tuple[Size, tuple, tuple]  # (size, mean, std): one normalized input tensor
-
-
-# ----------------------------------------------------------------------------- geometry
-def scaled_size(size: Size, scale: float) -> Size:
-    """The input size a TTA scale runs at: round(w*s) x round(h*s)."""
-    return max(1, int(round(size[0] * scale))), max(1, int(round(size[1] * scale)))
-
-
-def inputs_from_array(rgb_full: np.ndarray, sizes: Sequence[Size], offset: int) -> list[np.ndarray]:
-    """uint8 RGB crops at each size from a decoded full frame (load_resized with reduce 1)."""
-    _check_height(rgb_full.shape[0], offset, "<array>")
-    crop = crop_top(rgb_full, offset)
-    return [resize_image(crop, size) for size in sizes]
-
-
-def inputs_from_file(path: str, sizes: Sequence[Size], offset: int, full_size: Size) -> list[np.ndarray]:
-    """uint8 RGB crops at each size, decoded as data_prep.cache.load_resized does (same
-    reduced JPEG decode per size), but decoding once per distinct reduction."""
-    _check_height(full_size[1], offset, path)
-    crops: dict[int, np.ndarray] = {}
-    out = []
-    for size in sizes:
-        reduce = best_reduce(full_size, offset, size)
-        if reduce not in crops:
-            crops[reduce] = crop_top(read_image(path, reduce=reduce), offset // reduce)
-        out.append(resize_image(crops[reduce], size))
-    return out
-
-
-def _check_height(height: int, offset: int, source: str) -> None:
-    if height <= offset:
-        raise ValueError(f"{source}: image height {height} is not above data.crop_offset {offset}")
-
-
-def probs_to_train_ids(probs: np.ndarray, offset: int, full_size: Size) -> np.ndarray:
-    """CxHxW probabilities of the cropped area -> HxW train ids at full size (bilinear up, argmax)."""
-    return argmax_full_size(probs, offset, full_size)
-
-
-def probs_to_ids(probs: np.ndarray, offset: int, full_size: Size, scheme: Scheme) -> np.ndarray:
-    """CxHxW probabilities -> HxW uint8 Apollo ids at full size: what a submission holds."""
-    return scheme.decode(probs_to_train_ids(probs, offset, full_size))
-
-
-def normalized_inputs(crops: Sequence[np.ndarray], sizes: Sequence[Size],
-                      keys: Sequence[InputKey]) -> list[np.ndarray]:
-    """One float32 3xHxW input per (size, mean, std) key, from uint8 crops at `sizes`."""
-    return [normalize(crops[sizes.index(size)], mean, std) for size, mean, std in keys]
+from paddle_lane.infer.geometry import (  # noqa: F401 (re-exported for callers of the predictor)
+    InputKey, Size, inputs_from_array, inputs_from_file, normalize_weights, normalized_inputs, probs_to_ids,
+    probs_to_train_ids, scaled_size, window_starts)
 
 
 # ----------------------------------------------------------------------------- models
 @dataclass
 class Member:
-    """One ensemble member: a network in eval mode, its inference size, weight and normalization."""
-    model: paddle.nn.Layer
+    """One ensemble member: a network in eval mode (or an exported graph's runner: NCHW input
+    tensor -> NCHW logits tensor), its inference size, weight and normalization."""
+    model: Callable[[paddle.Tensor], paddle.Tensor]
     size: Size
     weight: float
     name: str
@@ -100,6 +53,7 @@ class Member:
     arch: str = ""              # the model section it was built from, for describe()
     config: str | None = None   # the config file it was built from (None: the --config, by fallback)
     origin: str = ""            # where its model, size and mean/std came from, in words
+    sha256: str | None = None   # the checkpoint's content hash when known (exports record it)
 
 
 def model_label(model_cfg) -> str:
@@ -186,29 +140,6 @@ def _in_eval_mode(model: paddle.nn.Layer) -> paddle.nn.Layer:
     return model
 
 
-def window_starts(total: int, window: int, stride: int) -> list[int]:
-    """Offsets of sliding windows covering [0, total): regular steps plus one flush with the end."""
-    if total <= window:
-        return [0]
-    starts = list(range(0, total - window + 1, stride))
-    if starts[-1] != total - window:
-        starts.append(total - window)
-    return starts
-
-
-def normalize_weights(weights: Sequence[float] | None, n: int) -> list[float]:
-    """Ensemble weights scaled to sum 1 (equal when None)."""
-    if weights is None:
-        return [1.0 / n] * n
-    weights = [float(w) for w in weights]
-    if len(weights) != n:
-        raise ValueError(f"ensemble weights: {len(weights)} weight(s) for {n} model(s)")
-    if any(w < 0 for w in weights) or sum(weights) <= 0:
-        raise ValueError(f"ensemble weights must be >= 0 with a positive sum, got {weights}")
-    total = sum(weights)
-    return [w / total for w in weights]
-
-
 # ----------------------------------------------------------------------------- predictor
 class Predictor:
     """Weighted ensemble of checkpoints with flip/multi-scale TTA; probabilities averaged in memory."""
@@ -216,7 +147,7 @@ class Predictor:
     def __init__(self, cfg, checkpoints: Sequence[str] = (), weights: Sequence[float] | None = None,
                  flip: bool | None = None, scales: Sequence[float] | None = None, device: str | None = None,
                  models: Sequence[tuple[paddle.nn.Layer, Size]] | None = None,
-                 member_configs: Sequence[str | None] | None = None):
+                 member_configs: Sequence[str | None] | None = None, members: Sequence[Member] | None = None):
         self.device = select_device(device)
         self.cfg = cfg
         self.scheme = load_scheme(cfg.data.scheme)
@@ -227,7 +158,8 @@ class Predictor:
         self.scales = [float(s) for s in (cfg.infer.scales if scales is None else scales)]
         if not self.scales or any(s <= 0 for s in self.scales):
             raise ValueError(f"TTA scales must be positive numbers, got {self.scales}")
-        self.members = self._members(checkpoints, models, weights, member_configs)
+        self.members = self._members(checkpoints, models, weights, member_configs, members)
+        self.backend = "dygraph"    # an export's backend when built by deploy.runtime.export_predictor
         self.base_size = self.members[0].size
         # members with another mean/std need their own tensor even at a shared size
         self.input_keys: list[InputKey] = sorted({(scaled_size(m.size, s), m.mean, m.std)
@@ -238,7 +170,10 @@ class Predictor:
             (tuple(max(1, v // 2) for v in self.window) if self.window else None)
         self.images_predicted = 0
 
-    def _members(self, checkpoints, models, weights, member_configs) -> list[Member]:
+    def _members(self, checkpoints, models, weights, member_configs, given) -> list[Member]:
+        if given:
+            ws = normalize_weights([m.weight for m in given] if weights is None else weights, len(given))
+            return [dataclasses.replace(m, weight=w) for m, w in zip(given, ws)]
         configs = [None] * len(checkpoints) if member_configs is None else list(member_configs)
         if len(configs) != len(checkpoints):
             raise ValueError(f"member configs: {len(configs)} config(s) for {len(checkpoints)} checkpoint(s)")
