@@ -13,7 +13,7 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.paddle-lane-setup"
 
 want_stamp() {
-  { cat "$ROOT/requirements.lock" "$ROOT/pyproject.toml"; echo "${PADDLE_LANE_PADDLE:-}"; } | sha256sum | cut -d' ' -f1
+  { cat "$ROOT/requirements.lock" "$ROOT/requirements-nodeps.lock" "$ROOT/pyproject.toml"; echo "${PADDLE_LANE_PADDLE:-}"; } | sha256sum | cut -d' ' -f1
 }
 
 setup() {
@@ -33,7 +33,13 @@ setup() {
   local extra=()
   if [[ -n "${PADDLE_LANE_PIP_EXTRA_INDEX:-}" ]]; then extra=(--extra-index-url "$PADDLE_LANE_PIP_EXTRA_INDEX"); fi
   echo "[setup] installing pinned dependencies" >&2
+  # an older set had opencv-python; two cv2 packages in one venv shadow each other
+  if "$VENV/bin/python" -m pip show -q opencv-python >/dev/null 2>&1; then
+    "$VENV/bin/python" -m pip uninstall -y -q opencv-python
+  fi
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${extra[@]}" -r "$reqs"
+  # paddleseg's declared opencv pin conflicts with numpy 2 (see requirements-nodeps.lock)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-warn-conflicts -r "$ROOT/requirements-nodeps.lock"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
   want_stamp > "$STAMP"
   echo "[setup] ready: $VENV" >&2

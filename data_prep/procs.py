@@ -140,3 +140,24 @@ def stop_child(proc, grace: float) -> None:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def wait_http_ready(url: str, proc, timeout: float, what: str = "server") -> None:
+    """Poll url until it answers 200; RuntimeError (one line) when `proc` exits first or
+    `timeout` s pass. For a service started as a child, e.g. `paddle-lane serve` and /readyz."""
+    import urllib.error
+    import urllib.request
+    deadline = time.monotonic() + timeout
+    while True:
+        code = proc.poll()
+        if code is not None:
+            raise RuntimeError(f"{what} exited with code {code} before {url} answered")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as r:
+                if r.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what}: {url} not ready within {timeout:.0f} s")
+        time.sleep(0.3)

@@ -43,20 +43,21 @@ def cmd_prepare(args, argv) -> int:
     return 0
 
 
-def _launch_distributed(args, argv: list[str]) -> int:
+def _launch_distributed(args, argv: list[str], log_dir: str | None = None) -> int:
     """Re-run this command under paddle.distributed.launch (one process per card/CPU slot)."""
     import subprocess
     from pathlib import Path
-    cfg = load_config(args.config, args.opts)
-    launch = [sys.executable, "-m", "paddle.distributed.launch",
-              "--log_dir", str(Path(cfg.train.output_dir) / "launch_logs")]
+    if log_dir is None:
+        log_dir = str(Path(load_config(args.config, args.opts).train.output_dir) / "launch_logs")
+    ips = getattr(args, "ips", None)
+    launch = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", log_dir]
     if args.gpus:
         launch += ["--devices", args.gpus]
     else:
         launch += ["--nproc_per_node", str(args.nproc)]
-    if args.ips:
-        launch += ["--ips", args.ips]
-    inner = [a for a in argv if a not in ("--gpus", "--nproc", "--ips") and a not in (args.gpus, str(args.nproc), args.ips)]
+    if ips:
+        launch += ["--ips", ips]
+    inner = [a for a in argv if a not in ("--gpus", "--nproc", "--ips") and a not in (args.gpus, str(args.nproc), ips)]
     cmd = launch + [str(Path(__file__).resolve())] + inner
     env = dict(os.environ, PADDLE_LANE_LAUNCHED="1")
     from data_prep.procs import die_with_parent, stop_child
@@ -181,6 +182,7 @@ def cmd_demo(args, argv) -> int:
 
 
 TTA_CHOICES = ("flip", "none")
+BACKEND_CHOICES = ("onnxruntime", "paddle-inference", "dygraph")
 
 
 def _tta_flip(args):
@@ -195,13 +197,71 @@ def _tta_flip(args):
 
 
 def cmd_infer(args, argv) -> int:
-    from paddle_lane.infer.commands import run_infer
+    from paddle_lane.infer.commands import finish_sharded, run_infer
     if not args.images and not args.list:
         raise UserError("infer needs --images DIR or --list CSV")
+    gpus = parse_gpus(args.gpus)
+    if gpus:
+        _check_gpus(gpus, args.device)
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be >= 1, got {args.nproc}")
+    sharded = len(gpus) > 1 or args.nproc > 1
+    if sharded and not os.environ.get("PADDLE_LANE_LAUNCHED"):
+        # one process per card (or CPU slot), each predicting its share of the images into the same
+        # folder (resumable as one run); the zip and the validation follow once all are done
+        from pathlib import Path
+        Path(args.out).mkdir(parents=True, exist_ok=True)
+        rc = _launch_distributed(args, argv, log_dir=str(Path(args.out).parent / f".{Path(args.out).name}.launch_logs"))
+        return finish_sharded(args.config, args.opts, args.checkpoint, args.images, args.list, args.out,
+                              args.no_zip, rc)
+    shard = None
+    if sharded:
+        import paddle.distributed as dist
+        shard = (dist.ParallelEnv().rank, dist.ParallelEnv().world_size)
+    device = f"gpu:{gpus[0]}" if len(gpus) == 1 else ("gpu" if gpus else args.device)
     return run_infer(args.config, args.opts, checkpoints=args.checkpoint, weights=args.weights,
                      images_dir=args.images, list_csv=args.list, out=args.out, tta_flip=_tta_flip(args),
-                     scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=args.device,
-                     overwrite=args.overwrite, member_configs=args.member_configs)
+                     scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=device,
+                     overwrite=args.overwrite, member_configs=args.member_configs, backend=args.backend,
+                     shard=shard)
+
+
+def cmd_export(args, argv) -> int:
+    from paddle_lane.deploy.export import export_model, format_export
+    from paddle_lane.infer.commands import parse_floats, split_list
+    cfg = load_config(args.config, args.opts)
+    configs = split_list(args.member_configs) or None
+    info = export_model(cfg, split_list(args.checkpoint), parse_floats(args.weights, "weights"), flip=_tta_flip(args),
+                        formats=args.format, out=args.out, member_configs=configs, samples=split_list(args.sample),
+                        force=args.force)
+    print(format_export(info, args.out))
+    return 0
+
+
+def _serve_settings(args):
+    from paddle_lane.serve.settings import ServeSettings
+    return ServeSettings(model=args.model, backend=args.backend, redis=getattr(args, "redis", None),
+                         max_batch=args.max_batch, max_wait_ms=getattr(args, "max_wait_ms", 5.0),
+                         max_queue=getattr(args, "max_queue", 64), timeout_s=getattr(args, "timeout_s", 30.0),
+                         max_upload_mb=getattr(args, "max_upload_mb", 20.0), threads=args.threads,
+                         claim_idle_ms=getattr(args, "claim_idle_ms", 15000))
+
+
+def cmd_serve(args, argv) -> int:
+    from paddle_lane.serve.server import serve
+    return serve(_serve_settings(args), args.host, args.port, args.workers)
+
+
+def cmd_worker(args, argv) -> int:
+    from paddle_lane.serve.queue import run_worker
+    return run_worker(_serve_settings(args))
+
+
+def cmd_client(args, argv) -> int:
+    from paddle_lane.serve.client import run_client
+    return run_client(args.url, args.images, args.list, args.out, concurrency=args.concurrency,
+                      retries=args.retries, timeout_s=args.timeout_s, config=args.config, opts=args.opts,
+                      no_zip=args.no_zip)
 
 
 def cmd_validate(args, argv) -> int:
@@ -211,7 +271,7 @@ def cmd_validate(args, argv) -> int:
 
 def cmd_video(args, argv) -> int:
     from paddle_lane.infer.commands import run_video
-    return run_video(args.config, args.opts, args.checkpoint, args.input, args.out, args.device)
+    return run_video(args.config, args.opts, args.checkpoint, args.input, args.out, args.device, backend=args.backend)
 
 
 def cmd_evaluate(args, argv) -> int:
@@ -254,8 +314,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("infer", help="predict full-size submission PNGs (TTA, ensembles)")
-    _add_config_args(p, required=True)
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder(s) or .pdparams, comma-separated for an ensemble")
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint folder(s) or .pdparams, comma-separated for an "
+                   "ensemble; or an export folder (paddle-lane export), which needs no --config")
+    p.add_argument("--backend", choices=BACKEND_CHOICES,
+                   help="for an export folder (default: onnxruntime on CPU, paddle-inference on GPU)")
+    p.add_argument("--gpus", help="card id(s); several (e.g. 0,1) shard the images over one process per card")
+    p.add_argument("--nproc", type=int, default=1, help="processes sharing the images (CPU), via paddle.distributed.launch")
     p.add_argument("--weights", help="ensemble weights, comma-separated (default: equal)")
     p.add_argument("--member-configs", help="config per checkpoint, comma-separated (default: each run's config.yml)")
     p.add_argument("--images", help="folder of test images (searched recursively)")
@@ -278,8 +343,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_validate)
 
     p = sub.add_parser("video", help="overlay predictions on a road video, frame by frame")
-    _add_config_args(p, required=True)
-    p.add_argument("--checkpoint", required=True)
+    _add_config_args(p)
+    p.add_argument("--checkpoint", required=True, help="checkpoint(s), or an export folder")
+    p.add_argument("--backend", choices=BACKEND_CHOICES, help="for an export folder")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--device", choices=["cpu", "gpu"])
@@ -295,6 +361,55 @@ def build_parser() -> argparse.ArgumentParser:
                    help="exit 0 even when predictions are missing, unreadable or the wrong size "
                         "(they are scored as all background either way)")
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("export", help="checkpoint(s) -> a self-checked export folder (ONNX and/or Paddle static graph)")
+    _add_config_args(p, required=True)
+    p.add_argument("--checkpoint", required=True, help="checkpoint(s), comma-separated for an ensemble")
+    p.add_argument("--weights", help="ensemble weights, comma-separated (default: equal)")
+    p.add_argument("--member-configs", help="config per checkpoint, comma-separated (default: each run's config.yml)")
+    p.add_argument("--tta", help="'flip' or 'none': recorded in deploy.yml as the served default")
+    p.add_argument("--format", default="both", choices=["onnx", "paddle", "both"])
+    p.add_argument("--sample", help="image(s) the self-check predicts, comma-separated (default: a synthetic frame)")
+    p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--force", action="store_true", help="--out is not empty: move it aside and export afresh")
+    p.set_defaults(func=cmd_export)
+
+    def serving_args(p, batch_default):
+        p.add_argument("--model", required=True, help="export folder (paddle-lane export)")
+        p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime on CPU, paddle-inference on GPU")
+        p.add_argument("--max-batch", type=int, default=batch_default, help="requests per forward pass")
+        p.add_argument("--threads", type=int, default=0, help="backend threads per process (0: its default)")
+
+    p = sub.add_parser("serve", help="HTTP API for an export (gunicorn + uvicorn workers; Redis scale-out)")
+    serving_args(p, 4)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--workers", type=int, default=1, help="worker processes (each a model replica, unless --redis)")
+    p.add_argument("--redis", help="redis://HOST:PORT/DB: queue requests for `paddle-lane worker` processes")
+    p.add_argument("--max-wait-ms", type=float, default=5.0, help="how long a batch waits for more requests")
+    p.add_argument("--max-queue", type=int, default=64, help="waiting requests before 503 (Redis: stream length)")
+    p.add_argument("--timeout-s", type=float, default=30.0, help="answer time before 504")
+    p.add_argument("--max-upload-mb", type=float, default=20.0)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="model worker for `serve --redis` (run any number, on any machine)")
+    serving_args(p, 4)
+    p.add_argument("--redis", required=True, help="redis://HOST:PORT/DB")
+    p.add_argument("--claim-idle-ms", type=int, default=15000,
+                   help="take over requests pending this long on a worker that stopped answering")
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("client", help="a submission folder from a served model (concurrent uploads, retries)")
+    p.add_argument("--url", required=True, help="the service, e.g. http://127.0.0.1:8000")
+    p.add_argument("--images", help="folder of test images (searched recursively)")
+    p.add_argument("--list", help="a prepare list CSV instead of --images")
+    p.add_argument("--out", required=True, help="submission folder")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--retries", type=int, default=5, help="attempts per image on 503/504/connection errors")
+    p.add_argument("--timeout-s", type=float, default=120.0, help="per request")
+    p.add_argument("--no-zip", action="store_true")
+    _add_config_args(p)
+    p.set_defaults(func=cmd_client)
 
     p = sub.add_parser("visualdl", help="serve the VisualDL UI for a run")
     p.add_argument("--logdir", default="runs", help="folder with VisualDL logs (a run's vdl/ or a parent)")

@@ -93,7 +93,7 @@ def test_merge_equals_updating_with_both_batches():
 
 
 def test_negative_ignore_index_gives_the_same_confusion():
-    gt = np.where(GT == I, -1, GT).astype(np.int16)
+    gt = np.where(GT == I, -1, GT.astype(np.int16))
     m = SegMetric(3, ignore_index=-1)
     m.update(PRED, gt)
     np.testing.assert_array_equal(m.confusion, CONFUSION)

@@ -249,10 +249,10 @@ def test_cleaning_rules_drop_and_list_frames(copy, tmp_path):
 
 def centre_sampled(ids: np.ndarray, size) -> np.ndarray:
     """Reference for the default label rule: the source pixel under each target pixel's centre
-    (a centre on a pixel border takes the lower pixel)."""
+    (a centre on a pixel border takes the pixel that starts there, as OpenCV >= 4.10 does)."""
     w, h = size
-    ys = np.ceil((np.arange(h) + 0.5) * ids.shape[0] / h - 1).astype(int)
-    xs = np.ceil((np.arange(w) + 0.5) * ids.shape[1] / w - 1).astype(int)
+    ys = np.minimum(np.floor((np.arange(h) + 0.5) * ids.shape[0] / h), ids.shape[0] - 1).astype(int)
+    xs = np.minimum(np.floor((np.arange(w) + 0.5) * ids.shape[1] / w), ids.shape[1] - 1).astype(int)
     return ids[ys][:, xs]
 
 

@@ -83,10 +83,11 @@ def test_crop_follows_the_frame_height(offset, frame_height, height, rows):
 
 
 def _centre_reference(ids: np.ndarray, size) -> np.ndarray:
-    """The source pixel under each target pixel's centre (a centre on a border takes the lower)."""
+    """The source pixel under each target pixel's centre (a centre on a border takes the pixel
+    that starts there, as OpenCV >= 4.10 does)."""
     w, h = size
-    ys = np.ceil((np.arange(h) + 0.5) * ids.shape[0] / h - 1).astype(int)
-    xs = np.ceil((np.arange(w) + 0.5) * ids.shape[1] / w - 1).astype(int)
+    ys = np.minimum(np.floor((np.arange(h) + 0.5) * ids.shape[0] / h), ids.shape[0] - 1).astype(int)
+    xs = np.minimum(np.floor((np.arange(w) + 0.5) * ids.shape[1] / w), ids.shape[1] - 1).astype(int)
     return ids[ys][:, xs]
 
 
@@ -143,16 +144,16 @@ def test_one_axis_equal_or_enlarged_is_bilinear_not_area():
 
 
 def test_label_vote_only_when_both_sides_shrink():
-    """Vote mode on a kept width (or height) samples centres like nearest: of vertical pairs
-    (5 over 3) a centre on the border takes the upper pixel, 5, where a tied vote takes the lower value, 3."""
+    """Vote mode on a kept width (or height) samples centres like nearest: in rows 3, 5, 3 the
+    centre row is 5, where a vote would take 3 (two of three)."""
     from data_prep.resize import resize_label
-    ids = np.array([[5, 5, 5, 5, 5, 5], [3, 3, 3, 3, 3, 3]] * 2, np.uint8)  # 6 wide, 4 tall
+    ids = np.array([[3] * 6, [5] * 6, [3] * 6] * 2, np.uint8)                 # 6 wide, 6 tall
     assert resize_label(ids, (6, 2), "vote").tolist() == [[5] * 6, [5] * 6]
     assert resize_label(ids.T.copy(), (2, 6), "vote").tolist() == [[5, 5]] * 6
-    wide = np.array([[5, 3] * 4] * 6, np.uint8)                             # 8 wide, 6 tall
-    assert resize_label(wide, (4, 7), "vote").tolist() == [[5] * 4] * 7     # height enlarged: centres
-    voted = resize_label(wide, (4, 3), "vote")
-    assert voted.dtype == np.uint8 and voted.tolist() == [[3] * 4] * 3      # both shrink: tie -> lower value
+    wide = np.array([[3, 5, 3] * 3] * 6, np.uint8)                            # 9 wide, 6 tall
+    assert resize_label(wide, (3, 7), "vote").tolist() == [[5] * 3] * 7       # height enlarged: centres
+    voted = resize_label(wide, (3, 2), "vote")
+    assert voted.dtype == np.uint8 and voted.tolist() == [[3] * 3] * 2         # both shrink: the majority
 
 
 def test_label_vote_counts_the_whole_block_not_its_centre():

@@ -71,9 +71,41 @@ def describe(predictor) -> str:
     return "\n".join(lines)
 
 
+def export_dir_of(checkpoints: str) -> Path | None:
+    """The export folder when --checkpoint names one (deploy.yml inside), else None."""
+    from paddle_lane.deploy.runtime import is_export_dir
+    ckpts = split_list(checkpoints)
+    if any(is_export_dir(c) for c in ckpts):
+        if len(ckpts) != 1:
+            raise ValueError(f"--checkpoint {checkpoints!r}: an export folder comes alone (an exported ensemble "
+                             "is made by `paddle-lane export` from several checkpoints)")
+        return Path(ckpts[0])
+    return None
+
+
+def config_for(config: str | None, opts: list[str] | None, checkpoints: str):
+    """--config, else the config.yml inside an export folder given as --checkpoint."""
+    from paddle_lane.deploy.runtime import CONFIG_FILE
+    export = export_dir_of(checkpoints)
+    if config is None and export is None:
+        raise ValueError("--config is required unless --checkpoint is an export folder (made by `paddle-lane export`)")
+    return load_config(config or export / CONFIG_FILE, opts)
+
+
 def _predictor(cfg, checkpoints: str, weights: str | None = None, flip: bool | None = None,
-               scales: str | None = None, device: str | None = None, member_configs: str | None = None):
+               scales: str | None = None, device: str | None = None, member_configs: str | None = None,
+               backend: str | None = None):
     from paddle_lane.infer.predictor import Predictor
+    export = export_dir_of(checkpoints)
+    if export is not None:
+        from paddle_lane.deploy.runtime import export_predictor
+        if weights or member_configs:
+            raise ValueError("--weights / --member-configs: an export folder has its members and weights built in")
+        return export_predictor(export, backend, flip=flip, scales=parse_floats(scales, "scales"), device=device,
+                                cfg=cfg)
+    if backend not in (None, "dygraph"):
+        raise ValueError(f"--backend {backend}: only an export folder (paddle-lane export) runs on {backend}; "
+                         "checkpoints run in Paddle (dygraph)")
     ckpts = split_list(checkpoints)
     if not ckpts:
         raise ValueError("no checkpoint given (comma-separated checkpoint folders or .pdparams files)")
@@ -88,24 +120,50 @@ def _predictor(cfg, checkpoints: str, weights: str | None = None, flip: bool | N
 def run_infer(config: str | None, opts: list[str] | None, checkpoints: str, weights: str | None,
               images_dir: str | None, list_csv: str | None, out: str, tta_flip: bool | None = None,
               scales: str | None = None, overlay: bool = False, no_zip: bool = False,
-              device: str | None = None, overwrite: bool = False, member_configs: str | None = None) -> int:
+              device: str | None = None, overwrite: bool = False, member_configs: str | None = None,
+              backend: str | None = None, shard: tuple[int, int] | None = None) -> int:
     """Predict a folder or list into a submission, then validate it; 0 when complete and valid.
     Each checkpoint is built from its run's config.yml, or from `member_configs` (comma-separated,
-    one per checkpoint) when given. The folder's manifest must match this recipe to resume it
-    (see infer/manifest.py)."""
+    one per checkpoint) when given; an export folder as `checkpoints` runs on `backend`. The
+    folder's manifest must match this recipe to resume it (see infer/manifest.py).
+    With shard=(rank, ranks) only every ranks-th image from rank is predicted, without zip or
+    validation (finish_sharded does those once every rank is done)."""
     from paddle_lane.infer.manifest import build_manifest, claim_folder
-    from paddle_lane.infer.submission import format_summary, validate_submission, write_submission
-    cfg = load_config(config, opts)
+    from paddle_lane.infer.submission import format_summary, write_submission
+    cfg = config_for(config, opts, checkpoints)
     images = images_from(images_dir, list_csv, exclude=[out])
-    predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device, member_configs)
-    print(describe(predictor))
-    print(claim_folder(Path(out), build_manifest(predictor, cfg), overwrite))
-    summary = write_submission(predictor, images, out, cfg.infer.name_suffix, overlay=overlay,
-                               zip_output=not no_zip, workers=SUBMISSION_WORKERS)
-    print(format_summary(summary))
+    predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device, member_configs, backend)
+    rank, ranks = shard or (0, 1)
+    if rank == 0:
+        print(describe(predictor))
+    print(claim_folder(Path(out), build_manifest(predictor, cfg), overwrite and rank == 0))
+    mine = images[rank::ranks]
+    summary = write_submission(predictor, mine, out, cfg.infer.name_suffix, overlay=overlay,
+                               zip_output=not no_zip and ranks == 1, workers=SUBMISSION_WORKERS, progress=rank == 0)
+    print((f"rank {rank}/{ranks}: " if ranks > 1 else "") + format_summary(summary))
+    if ranks > 1:
+        return 1 if summary["failed"] else 0
+    return _validated(out, images, cfg, failed=bool(summary["failed"]))
+
+
+def _validated(out: str, images, cfg, failed: bool) -> int:
+    from paddle_lane.infer.submission import validate_submission
     problems = validate_submission(out, [path for _, path in images], cfg.infer.name_suffix, cfg.data.scheme)
     _print_problems(problems, "validation")
-    return 0 if not problems and not summary["failed"] else 1
+    return 0 if not problems and not failed else 1
+
+
+def finish_sharded(config: str | None, opts, checkpoints: str, images_dir, list_csv, out: str, no_zip: bool,
+                   ranks_rc: int) -> int:
+    """After every rank of a sharded infer: the zip of the whole folder and one validation."""
+    from paddle_lane.infer.submission import output_name, write_zip, zip_path_for
+    cfg = config_for(config, opts, checkpoints)
+    images = images_from(images_dir, list_csv, exclude=[out])
+    outs = [Path(out) / output_name(path, cfg.infer.name_suffix) for _, path in images]
+    if not no_zip:
+        print(f"zip: {write_zip([o for o in outs if o.is_file()], zip_path_for(out))}")
+    rc = _validated(out, images, cfg, failed=ranks_rc != 0)
+    return rc or (1 if ranks_rc else 0)
 
 
 def run_validate(out: str, images: str, config: str | None = None, opts: list[str] | None = None) -> int:
@@ -119,13 +177,13 @@ def run_validate(out: str, images: str, config: str | None = None, opts: list[st
 
 
 def run_video(config: str | None, opts: list[str] | None, checkpoints: str, input: str, out: str,
-              device: str | None = None, every: int = 1) -> int:
+              device: str | None = None, every: int = 1, backend: str | None = None) -> int:
     """Write an overlay video with the measured frames per second on each frame."""
     from paddle_lane.infer.video import annotate_video
     if not Path(input).is_file():
         raise FileNotFoundError(f"video not found: {input}")
-    cfg = load_config(config, opts)
-    predictor = _predictor(cfg, checkpoints, device=device)
+    cfg = config_for(config, opts, checkpoints)
+    predictor = _predictor(cfg, checkpoints, device=device, backend=backend)
     print(describe(predictor))
     res = annotate_video(predictor, input, out, every=every)
     print(f"video: {res['frames']} frames ({res['predicted']} predicted) -> {res['output']} "

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from data_prep.cache import best_reduce
-from data_prep.label_io import read_image
+from data_prep.label_io import decode_image
 from data_prep.labels import Scheme
 from data_prep.resize import argmax_full_size, crop_top, resize_image
 from paddle_lane.data.transforms import normalize
@@ -36,12 +36,19 @@ def inputs_from_file(path: str, sizes: Sequence[Size], offset: int, full_size: S
     """uint8 RGB crops at each size, decoded as data_prep.cache.load_resized does (same
     reduced JPEG decode per size), but decoding once per distinct reduction."""
     _check_height(full_size[1], offset, path)
+    return inputs_from_bytes(np.fromfile(str(path), dtype=np.uint8), sizes, offset, full_size, path)
+
+
+def inputs_from_bytes(data, sizes: Sequence[Size], offset: int, full_size: Size,
+                      source: str = "<bytes>") -> list[np.ndarray]:
+    """inputs_from_file for an encoded image in memory (an upload): the same decode, the same crops."""
+    _check_height(full_size[1], offset, source)
     crops: dict[int, np.ndarray] = {}
     out = []
     for size in sizes:
         reduce = best_reduce(full_size, offset, size)
         if reduce not in crops:
-            crops[reduce] = crop_top(read_image(path, reduce=reduce), offset // reduce)
+            crops[reduce] = crop_top(decode_image(data, reduce, source), offset // reduce)
         out.append(resize_image(crops[reduce], size))
     return out
 

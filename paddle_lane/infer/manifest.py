@@ -33,12 +33,13 @@ def build_manifest(predictor, cfg) -> dict:
                "infer": {k: d["infer"][k] for k in ("window", "window_stride", "name_suffix")}}
     config_sha1 = hashlib.sha1(json.dumps(shaping, sort_keys=True).encode()).hexdigest()
     return {
-        "checkpoints": [{"path": m.name, "sha256": file_digest(resolve_weights(m.name))["sha256"],
+        "checkpoints": [{"path": m.name, "sha256": m.sha256 or file_digest(resolve_weights(m.name))["sha256"],
                          "size": list(m.size), "model": m.arch, "mean": list(m.mean), "std": list(m.std)}
                         for m in predictor.members],
         "weights": [round(m.weight, 6) for m in predictor.members],
         "flip": predictor.flip, "scales": list(predictor.scales),
         "config_sha1": config_sha1, "code_version": code_version(),
+        **({"backend": predictor.backend} if getattr(predictor, "backend", "dygraph") != "dygraph" else {}),
     }
 
 
@@ -55,7 +56,7 @@ def differences(old: dict, new: dict) -> list[str]:
             for key in ("size", "model", "mean", "std"):  # what each member's own config decides
                 if a.get(key) != b.get(key):
                     out.append(f"checkpoint {i + 1} {key}: {a.get(key)} -> {b.get(key)}")
-    for key in ("weights", "flip", "scales", "config_sha1", "code_version"):
+    for key in ("weights", "flip", "scales", "config_sha1", "code_version", "backend"):
         if old.get(key) != new.get(key):
             out.append(f"{key}: {old.get(key)} -> {new.get(key)}")
     return out

@@ -35,8 +35,8 @@ from paddle_lane.engine.run_dir import CONFIG_FILE
 from paddle_lane.models import build_model
 
 from paddle_lane.infer.geometry import (  # noqa: F401 (re-exported for callers of the predictor)
-    InputKey, Size, inputs_from_array, inputs_from_file, normalize_weights, normalized_inputs, probs_to_ids,
-    probs_to_train_ids, scaled_size, window_starts)
+    InputKey, Size, inputs_from_array, inputs_from_bytes, inputs_from_file, normalize_weights, normalized_inputs,
+    probs_to_ids, probs_to_train_ids, scaled_size, window_starts)
 
 
 # ----------------------------------------------------------------------------- models
@@ -193,6 +193,11 @@ class Predictor:
         """Normalized 3xHxW float32 inputs, one per entry of input_keys."""
         self.check_frame((rgb_full.shape[1], rgb_full.shape[0]), "<frame>")
         crops = inputs_from_array(rgb_full, self.input_sizes, self.offset_for(rgb_full.shape[0]))
+        return normalized_inputs(crops, self.input_sizes, self.input_keys)
+
+    def prepare_bytes(self, data, full_size: Size, source: str = "upload") -> list[np.ndarray]:
+        """As prepare_file, from an encoded image in memory (the same reduced decode)."""
+        crops = inputs_from_bytes(data, self.input_sizes, self.offset_for(full_size[1]), full_size, source)
         return normalized_inputs(crops, self.input_sizes, self.input_keys)
 
     def prepare_file(self, path: str, full_size: Size) -> list[np.ndarray]:

@@ -1,0 +1,1 @@
+"""Export (checkpoints -> a self-contained folder) and the runtimes that load it."""

@@ -1,0 +1,146 @@
+"""An export folder as a Predictor: each member's exported graph behind one backend
+(onnxruntime, Paddle Inference, or the saved static graph run by Paddle), with the same
+pre-processing, TTA, ensemble and full-size post-processing as a checkpoint (infer/predictor.py).
+
+A backend is a callable: NCHW float32 input tensor -> NCHW logits tensor. The graphs hold the
+networks only; softmax, flip TTA and the ensemble run in the shared Predictor code, so one export
+serves with or without TTA.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import paddle
+import yaml
+
+from paddle_lane.config import load_config
+from paddle_lane.errors import UserError
+
+DEPLOY_FILE = "deploy.yml"
+CONFIG_FILE = "config.yml"
+BACKENDS = ("onnxruntime", "paddle-inference", "dygraph")
+FORMAT_VERSION = 1
+
+
+def default_backend() -> str:
+    """onnxruntime on CPU (the fastest measured here); Paddle Inference where Paddle has CUDA."""
+    return "paddle-inference" if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() else "onnxruntime"
+
+
+def read_deploy(export_dir: str | os.PathLike) -> dict:
+    """deploy.yml of an export folder, checked for what loading needs (one-line errors)."""
+    path = Path(export_dir) / DEPLOY_FILE
+    if not path.is_file():
+        raise UserError(f"{export_dir}: not an export folder (no {DEPLOY_FILE}); make one with `paddle-lane export`")
+    try:
+        info = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise UserError(f"{path}: unreadable YAML ({str(exc).splitlines()[0]})") from None
+    if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION or not info.get("members"):
+        raise UserError(f"{path}: not a paddle-lane deploy file of format_version {FORMAT_VERSION} with members")
+    return info
+
+
+def is_export_dir(path: str | os.PathLike) -> bool:
+    return (Path(path) / DEPLOY_FILE).is_file()
+
+
+class OnnxRunner:
+    """onnxruntime session; spinning off (idle threads otherwise burn the CPU between requests)."""
+
+    def __init__(self, path: Path, threads: int | None = None):
+        import onnxruntime as ort
+        ort.set_default_logger_severity(3)  # its notes on unused initializers are not the user's concern
+        opts = ort.SessionOptions()
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        if threads:
+            opts.intra_op_num_threads = threads
+        providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider") if p in ort.get_available_providers()]
+        self.session = ort.InferenceSession(str(path), opts, providers=providers)
+        self.input_name = self.session.get_inputs()[0].name
+
+    def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
+        out = self.session.run(None, {self.input_name: np.ascontiguousarray(x.numpy(), np.float32)})[0]
+        return paddle.to_tensor(out)
+
+
+class PaddleInferenceRunner:
+    """Paddle Inference predictor. On CPU oneDNN runs with its placement pass removed (Paddle 3.3
+    fails in that pass on these graphs); on GPU it runs on the card."""
+
+    def __init__(self, model_file: Path, params_file: Path, threads: int | None = None):
+        from paddle import inference
+        config = inference.Config(str(model_file), str(params_file))
+        if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count():
+            config.enable_use_gpu(256, 0)
+        else:
+            config.disable_gpu()
+            config.enable_mkldnn()
+            config.delete_pass("onednn_placement_pass")
+            config.set_cpu_math_library_num_threads(threads or os.cpu_count() or 1)
+        config.disable_glog_info()
+        self.predictor = inference.create_predictor(config)
+        self.input = self.predictor.get_input_handle(self.predictor.get_input_names()[0])
+        self.output = self.predictor.get_output_handle(self.predictor.get_output_names()[0])
+
+    def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
+        arr = np.ascontiguousarray(x.numpy(), np.float32)
+        self.input.reshape(list(arr.shape))
+        self.input.copy_from_cpu(arr)
+        self.predictor.run()
+        return paddle.to_tensor(self.output.copy_to_cpu())
+
+
+class StaticGraphRunner:
+    """The saved static graph loaded back into Paddle (paddle.jit.load): the reference backend."""
+
+    def __init__(self, prefix: Path):
+        self.layer = paddle.jit.load(str(prefix))
+        self.layer.eval()
+
+    def __call__(self, x: paddle.Tensor) -> paddle.Tensor:
+        out = self.layer(x)
+        return out[0] if isinstance(out, (list, tuple)) else out
+
+
+def make_runner(member_dir: Path, backend: str, threads: int | None = None):
+    """The callable for one exported member; a missing file is a one-line error naming it."""
+    need = {"onnxruntime": ["model.onnx"], "paddle-inference": ["model.json", "model.pdiparams"],
+            "dygraph": ["model.json", "model.pdiparams"]}[backend]
+    for name in need:
+        if not (member_dir / name).is_file():
+            raise UserError(f"{member_dir / name} missing: backend {backend} needs {', '.join(need)} "
+                            "(export with --format both, or choose another --backend)")
+    if backend == "onnxruntime":
+        return OnnxRunner(member_dir / "model.onnx", threads)
+    if backend == "paddle-inference":
+        return PaddleInferenceRunner(member_dir / "model.json", member_dir / "model.pdiparams", threads)
+    return StaticGraphRunner(member_dir / "model")
+
+
+def export_predictor(export_dir: str | os.PathLike, backend: str | None = None, flip: bool | None = None,
+                     scales=None, device: str | None = None, cfg=None, threads: int | None = None):
+    """A Predictor over an export folder's members run by `backend` (default: default_backend())."""
+    from paddle_lane.infer.predictor import Member, Predictor
+    export_dir = Path(export_dir)
+    info = read_deploy(export_dir)
+    backend = backend or default_backend()
+    if backend not in BACKENDS:
+        raise UserError(f"--backend {backend!r}: choose from {list(BACKENDS)}")
+    cfg = cfg or load_config(export_dir / CONFIG_FILE)
+    members = []
+    for i, m in enumerate(info["members"]):
+        member_dir = export_dir / m["path"]
+        members.append(Member(make_runner(member_dir, backend, threads), (int(m["size"][0]), int(m["size"][1])),
+                              float(m["weight"]), str(m.get("checkpoint", member_dir)), tuple(m["mean"]),
+                              tuple(m["std"]), f"{m.get('arch', '')} [{backend}]".strip(), None,
+                              f"export {export_dir} member {i}", sha256=m.get("checkpoint_sha256")))
+    tta = info.get("tta", {})
+    predictor = Predictor(cfg, flip=tta.get("flip", False) if flip is None else flip,
+                          scales=tta.get("scales") if scales is None else scales, device=device,
+                          members=members)
+    predictor.backend = backend
+    predictor.export_info = info
+    return predictor

@@ -1,0 +1,214 @@
+"""The HTTP API (FastAPI, run by gunicorn with uvicorn workers: async handlers let many uploads
+wait on one model thread, or on Redis, without a thread each).
+
+    POST /v1/segment?format=png|json|overlay   an image (multipart field `image`, or the raw body
+                                               as image/jpeg or image/png)
+    GET  /healthz   the process answers          GET /readyz   model loaded and warmed up (503 before)
+    GET  /v1/model  the export's deploy.yml      GET /metrics  Prometheus
+
+Every refusal is JSON {"error": "..."} with a 4xx status: 400 empty/corrupt/bad format, 413 too
+big, 415 not a JPEG or PNG, 422 too small; 503 with Retry-After when the queue is full, 504 when
+the answer takes longer than timeout_s. No input gives a 500 or stops the service.
+"""
+from __future__ import annotations
+
+import asyncio
+import signal
+import threading
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+
+from paddle_lane.serve import metrics
+from paddle_lane.serve.batcher import MicroBatcher, Overloaded
+from paddle_lane.serve.frames import (FORMATS, IMAGE_TYPES, BadInput, check_format, decode_upload, inspect_upload,
+                                     model_inputs, render)
+from paddle_lane.serve.settings import ServeSettings
+
+RETRY_AFTER_S = 1
+
+
+def error(status: int, message: str, reason: str, headers: dict | None = None) -> JSONResponse:
+    metrics.ERRORS.labels(reason).inc()
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+def import_runtime_keeping_signals() -> None:
+    """Import Paddle (through the runtime) in the main thread and put the server's SIGTERM/SIGINT
+    handlers back: Paddle installs its own at import, which would kill a worker mid-request
+    instead of letting it drain."""
+    handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+    import paddle_lane.deploy.runtime  # noqa: F401
+    if threading.current_thread() is not threading.main_thread():
+        return  # an app run in a thread (a test client): the signals belong to its host
+    for s, h in handlers.items():
+        if h is not None:
+            signal.signal(s, h)
+
+
+def load_local_model(settings: ServeSettings):
+    """The export's predictor, warmed up (first calls allocate and tune)."""
+    from paddle_lane.deploy.runtime import export_predictor
+    predictor = export_predictor(settings.model, settings.backend, threads=settings.threads or None)
+    import numpy as np
+    predictor.predict_batch([np.zeros((1, 3, size[1], size[0]), np.float32) for size, _, _ in predictor.input_keys])
+    return predictor
+
+
+def create_app(settings: ServeSettings) -> FastAPI:
+    state: dict = {"ready": False, "predictor": None, "batcher": None, "queue": None, "info": None}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        from paddle_lane.deploy.runtime import read_deploy
+        state["info"] = read_deploy(settings.model)
+        if settings.redis:
+            from paddle_lane.serve.queue import RedisQueue
+            state["queue"] = RedisQueue(settings.redis, settings.max_queue, settings.result_ttl_s)
+            state["geometry"] = _geometry(state["info"])
+        else:
+            import_runtime_keeping_signals()
+            predictor = await run_in_threadpool(load_local_model, settings)
+
+            def run_batch(stacked):
+                return predictor.predict_batch(stacked)
+
+            def on_batch(n, seconds):
+                metrics.BATCH_SIZE.observe(n)
+                metrics.BATCH_SECONDS.observe(seconds)
+            batcher = MicroBatcher(run_batch, settings.max_batch, settings.max_wait_ms, settings.max_queue, on_batch)
+            batcher.start()
+            state.update(predictor=predictor, batcher=batcher, geometry=predictor.offset_for)
+        state["ready"] = True
+        yield
+        state["ready"] = False
+        if state["batcher"] is not None:
+            await state["batcher"].stop()
+        if state["queue"] is not None:
+            await state["queue"].close()
+
+    app = FastAPI(title="paddle-lane", summary="ApolloScape lane segmentation", lifespan=lifespan)
+
+    @app.get("/healthz")
+    async def healthz():
+        return {"status": "ok"}
+
+    @app.get("/readyz")
+    async def readyz():
+        if not state["ready"]:
+            return JSONResponse({"ready": False, "reason": "model loading"}, status_code=503)
+        if state["queue"] is not None and not await state["queue"].ping():
+            return JSONResponse({"ready": False, "reason": "redis unreachable"}, status_code=503)
+        return {"ready": True, "mode": "redis" if settings.redis else "local",
+                "backend": None if settings.redis else state["predictor"].backend}
+
+    @app.get("/v1/model")
+    async def model_info():
+        return state["info"]
+
+    @app.get("/metrics")
+    async def prometheus():
+        if state["batcher"] is not None:
+            metrics.QUEUE_DEPTH.set(state["batcher"].depth)
+        body, content_type = metrics.render_metrics()
+        return Response(body, media_type=content_type)
+
+    @app.post("/v1/segment")
+    async def segment(request: Request, format: str = "png"):
+        t0 = time.perf_counter()
+        response = await _segment(request, format)
+        metrics.REQUESTS.labels(format if format in FORMATS else "invalid", str(response.status_code)).inc()
+        metrics.LATENCY.observe(time.perf_counter() - t0)
+        return response
+
+    async def _segment(request: Request, fmt: str) -> Response:
+        if not state["ready"]:
+            return error(503, "model loading", "not_ready", {"Retry-After": str(RETRY_AFTER_S)})
+        max_bytes = int(settings.max_upload_mb * 2**20)
+        try:
+            check_format(fmt)
+            data = await _read_upload(request, max_bytes)
+            inspect_upload(data, max_bytes, settings.max_pixels, state["geometry"])
+        except BadInput as exc:
+            return error(exc.status, exc.message, f"http_{exc.status}")
+        try:
+            if state["queue"] is not None:
+                return await _via_redis(data, fmt)
+            return await _local(data, fmt)
+        except BadInput as exc:
+            return error(exc.status, exc.message, f"http_{exc.status}")
+        except Overloaded as exc:
+            return error(503, f"overloaded: {exc}; retry later", "overloaded", {"Retry-After": str(RETRY_AFTER_S)})
+
+    async def _local(data: bytes, fmt: str) -> Response:
+        predictor = state["predictor"]
+
+        full_size = inspect_upload(data, len(data), settings.max_pixels, state["geometry"])
+        inputs = await run_in_threadpool(model_inputs, predictor, data, full_size)
+        try:
+            probs = await asyncio.wait_for(state["batcher"].submit(inputs), settings.timeout_s)
+        except asyncio.TimeoutError:
+            return error(504, f"no answer within {settings.timeout_s} s", "timeout")
+
+        def finish():
+            ids = predictor.to_train_ids(probs, full_size)
+            return render(ids, fmt, predictor.scheme, decode_upload(data) if fmt == "overlay" else None)
+        return Response(await run_in_threadpool(finish), media_type=FORMATS[fmt])
+
+    async def _via_redis(data: bytes, fmt: str) -> Response:
+        queue = state["queue"]
+        metrics.QUEUE_DEPTH.set(await queue.depth())
+        got = await queue.submit(data, fmt, settings.timeout_s)
+        if got is None:
+            return error(504, f"no worker answered within {settings.timeout_s} s", "timeout")
+        status, content_type, body = got
+        if status != 200:
+            metrics.ERRORS.labels(f"http_{status}").inc()
+        return Response(body, status_code=status, media_type=content_type)
+
+    return app
+
+
+async def _read_upload(request: Request, max_bytes: int) -> bytes:
+    """The image bytes of a multipart form (field `image`) or of a raw image body; size-capped."""
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        raise BadInput(413, f"upload of {declared} bytes is over the limit of {max_bytes}")
+    content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if content_type == "multipart/form-data":
+        try:
+            form = await request.form(max_files=1, max_fields=8)
+        except Exception as exc:  # malformed multipart
+            raise BadInput(400, f"unreadable multipart body ({exc})") from None
+        upload = form.get("image")
+        if upload is None or isinstance(upload, str):
+            raise BadInput(400, "multipart body without a file field named 'image'")
+        data = await upload.read(max_bytes + 1)
+        await form.close()
+    elif content_type in IMAGE_TYPES.values():
+        data = b""
+        async for chunk in request.stream():
+            data += chunk
+            if len(data) > max_bytes:
+                break
+    else:
+        raise BadInput(415, f"content type {content_type or 'none'!r}: send multipart/form-data (field 'image'), "
+                            "image/jpeg or image/png")
+    if len(data) > max_bytes:
+        raise BadInput(413, f"upload over the limit of {max_bytes} bytes")
+    return data
+
+
+def _geometry(info: dict):
+    """rows cut from an image of a given height, from deploy.yml (Redis web processes load no model)."""
+    from data_prep.resize import crop_rows
+    offset, frame_height = info["input"]["crop_offset"], info["input"]["frame_height"]
+    return lambda height: crop_rows(offset, frame_height, height)
+
+
+def app_from_env() -> FastAPI:
+    """For gunicorn run directly: settings from PADDLE_LANE_* variables (see settings.py)."""
+    return create_app(ServeSettings.from_env())

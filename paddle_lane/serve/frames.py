@@ -1,0 +1,104 @@
+"""One upload in, one answer out, shared by the in-process server and the Redis workers:
+check an upload before decoding it (kind, size, dimensions), decode it, and render a
+prediction as the submission PNG, per-class pixel counts (JSON) or a JPEG overlay."""
+from __future__ import annotations
+
+import io
+import json
+import warnings
+from typing import Callable
+
+import cv2
+import numpy as np
+from PIL import Image
+
+from data_prep.label_io import UnreadableFileError, decode_image
+
+FORMATS = {"png": "image/png", "json": "application/json", "overlay": "image/jpeg"}
+IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
+MIN_SIDE = 16
+
+
+class BadInput(Exception):
+    """A request the service refuses: HTTP status and a one-line reason."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+def check_format(fmt: str) -> str:
+    if fmt not in FORMATS:
+        raise BadInput(400, f"format {fmt!r}: choose from {sorted(FORMATS)}")
+    return fmt
+
+
+def inspect_upload(data: bytes, max_bytes: int, max_pixels: int,
+                   rows_cut: Callable[[int], int] = lambda height: 0) -> tuple[int, int]:
+    """(width, height) from the header of a JPEG or PNG upload, or BadInput: empty (400), too big
+    (413), not a JPEG/PNG (415), too small or not taller than the crop (422). Nothing is decoded."""
+    if not data:
+        raise BadInput(400, "empty upload: send a JPEG or PNG image")
+    if len(data) > max_bytes:
+        raise BadInput(413, f"upload of {len(data)} bytes is over the limit of {max_bytes}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with Image.open(io.BytesIO(data)) as im:
+                kind, (w, h) = im.format, im.size
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        raise BadInput(413, f"image dimensions over the limit of {max_pixels} pixels") from None
+    except (OSError, SyntaxError, ValueError):
+        raise BadInput(415, "not a JPEG or PNG image") from None
+    if kind not in IMAGE_TYPES:
+        raise BadInput(415, f"{kind} image: send a JPEG or PNG")
+    if w * h > max_pixels:
+        raise BadInput(413, f"image {w}x{h} is over the limit of {max_pixels} pixels")
+    if w < MIN_SIDE or h < MIN_SIDE or h - rows_cut(h) < MIN_SIDE:
+        raise BadInput(422, f"image {w}x{h} is too small (at least {MIN_SIDE} px each way, and {MIN_SIDE} rows "
+                            f"below the {rows_cut(h)} cut from its top)")
+    return w, h
+
+
+def decode_upload(data: bytes) -> np.ndarray:
+    """RGB uint8 HxWx3, or BadInput(400) for a truncated or corrupt file."""
+    try:
+        return decode_image(data, 1, "upload")
+    except UnreadableFileError as exc:
+        raise BadInput(400, f"corrupt image: {exc}") from None
+
+
+def model_inputs(predictor, data: bytes, full_size: tuple[int, int]) -> list[np.ndarray]:
+    """The predictor's inputs for an upload, decoded exactly as `infer` decodes a file (the same
+    reduced JPEG decode), so a served mask equals the submission's; BadInput for a corrupt file."""
+    try:
+        return predictor.prepare_bytes(data, full_size)
+    except UnreadableFileError as exc:
+        raise BadInput(400, f"corrupt image: {exc}") from None
+    except ValueError as exc:  # not taller than the crop
+        raise BadInput(422, str(exc)) from None
+
+
+def class_counts(train_ids: np.ndarray, scheme) -> dict:
+    """Per-class pixel counts at full size and the share of lane pixels (every class but background)."""
+    counts = np.bincount(train_ids.ravel(), minlength=scheme.num_classes)[:scheme.num_classes]
+    decode = scheme.decode(np.arange(scheme.num_classes, dtype=np.uint8))
+    total = int(train_ids.size)
+    return {"width": int(train_ids.shape[1]), "height": int(train_ids.shape[0]), "pixels": total,
+            "classes": [{"name": n, "train_id": i, "apollo_id": int(decode[i]), "pixels": int(counts[i])}
+                        for i, n in enumerate(scheme.class_names)],
+            "lane_fraction": float(counts[1:].sum() / total) if total else 0.0}
+
+
+def render(train_ids: np.ndarray, fmt: str, scheme, rgb: np.ndarray | None = None) -> bytes:
+    """The answer body: the submission PNG (Apollo ids, as infer writes it), JSON counts, or an overlay JPEG."""
+    if fmt == "png":
+        ok, buf = cv2.imencode(".png", scheme.decode(train_ids), [cv2.IMWRITE_PNG_COMPRESSION, 1])
+        return buf.tobytes()
+    if fmt == "json":
+        return json.dumps(class_counts(train_ids, scheme)).encode()
+    from paddle_lane.visual import overlay
+    bgr = cv2.cvtColor(overlay(rgb, train_ids, scheme.palette()), cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
+    return buf.tobytes()

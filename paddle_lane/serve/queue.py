@@ -1,0 +1,183 @@
+"""Scale-out through Redis (the course's design, made reliable): web processes append requests
+to a stream and wait for their answer by id; model workers on any machine read the stream in a
+consumer group, a batch at a time, and push each answer to a per-request list that expires.
+
+Nothing is lost when a worker dies mid-batch: its entries stay pending in the group, and after
+`claim_idle_ms` another worker takes them over (XAUTOCLAIM). An answer is pushed by a Lua
+script only together with the entry's acknowledgement, so a request taken over from a slow
+worker is still answered exactly once. The stream length is the back-pressure signal (503).
+"""
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import sys
+import time
+import uuid
+
+import numpy as np
+
+STREAM = "paddle_lane:requests"
+GROUP = "paddle_lane:workers"
+RESULT = "paddle_lane:result:"
+
+# ack + delete the entry, and push the answer only if this call acknowledged it (exactly once)
+FINISH = """
+if redis.call('XACK', KEYS[1], ARGV[1], ARGV[2]) == 1 then
+  redis.call('XDEL', KEYS[1], ARGV[2])
+  if ARGV[3] ~= '0' then
+    redis.call('RPUSH', KEYS[2], ARGV[4])
+    redis.call('EXPIRE', KEYS[2], ARGV[3])
+  end
+  return 1
+end
+return 0
+"""
+
+
+def pack(status: int, content_type: str, body: bytes) -> bytes:
+    return f"{status}\n{content_type}\n".encode() + body
+
+
+def unpack(data: bytes) -> tuple[int, str, bytes]:
+    status, content_type, body = data.split(b"\n", 2)
+    return int(status), content_type.decode(), body
+
+
+# ----------------------------------------------------------------------------- web side
+class RedisQueue:
+    """The web process's end: submit an upload, wait for its answer (asyncio)."""
+
+    def __init__(self, url: str, max_queue: int, result_ttl_s: int):
+        import redis.asyncio as aioredis
+        self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=None)
+        self.max_queue, self.result_ttl_s = max_queue, result_ttl_s
+
+    async def ping(self) -> bool:
+        try:
+            return bool(await self.redis.ping())
+        except Exception:
+            return False
+
+    async def depth(self) -> int:
+        return int(await self.redis.xlen(STREAM))
+
+    async def submit(self, data: bytes, fmt: str, timeout_s: float) -> tuple[int, str, bytes] | None:
+        """(status, content type, body), or None when no worker answered within timeout_s."""
+        from paddle_lane.serve.batcher import Overloaded
+        if await self.depth() >= self.max_queue:
+            raise Overloaded(f"{self.max_queue} requests already queued for the workers")
+        rid = uuid.uuid4().hex
+        deadline = time.time() + timeout_s
+        await self.redis.xadd(STREAM, {"id": rid, "fmt": fmt, "deadline": f"{deadline:.3f}", "image": data})
+        got = await self.redis.blpop([RESULT + rid], timeout=max(0.01, deadline - time.time()))
+        return unpack(got[1]) if got else None
+
+    async def close(self) -> None:
+        await self.redis.aclose()
+
+
+# ----------------------------------------------------------------------------- worker side
+class Worker:
+    """`paddle-lane worker`: read up to max_batch requests, predict them in one pass, answer each."""
+
+    def __init__(self, settings, predictor=None, consumer: str | None = None):
+        import redis
+        self.settings = settings
+        self.redis = redis.Redis.from_url(settings.redis, socket_connect_timeout=5, socket_timeout=30)
+        self.consumer = consumer or f"{socket.gethostname()}-{os.getpid()}"
+        self.finish = self.redis.register_script(FINISH)
+        self.predictor = predictor
+        self.stopping = False
+        self.answered = 0
+
+    def ensure_group(self) -> None:
+        import redis
+        try:
+            self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    def next_batch(self, block_ms: int = 1000) -> list:
+        """Entries of dead or silent workers first, then new ones (blocking at most block_ms)."""
+        n = self.settings.max_batch
+        _, claimed, *_ = self.redis.xautoclaim(STREAM, GROUP, self.consumer, self.settings.claim_idle_ms,
+                                               start_id="0-0", count=n)
+        entries = [e for e in claimed if e and e[1]]
+        if len(entries) < n:
+            got = self.redis.xreadgroup(GROUP, self.consumer, {STREAM: ">"}, count=n - len(entries), block=block_ms)
+            entries += [e for _, items in (got or []) for e in items]
+        return entries
+
+    def answer(self, entry_id, rid: str, status: int, content_type: str, body: bytes) -> bool:
+        return bool(self.finish(keys=[STREAM, RESULT + rid],
+                                args=[GROUP, entry_id, self.settings.result_ttl_s, pack(status, content_type, body)]))
+
+    def drop(self, entry_id) -> None:
+        self.finish(keys=[STREAM, RESULT + "-"], args=[GROUP, entry_id, 0, b""])
+
+    def process(self, entries: list) -> int:
+        """Predict a batch of entries and answer each; returns how many were answered."""
+        from paddle_lane.serve.frames import FORMATS, BadInput, check_format, decode_upload, inspect_upload, model_inputs, render
+        from paddle_lane.serve.metrics import BATCH_SECONDS, BATCH_SIZE
+        p, s = self.predictor, self.settings
+        ready, answered = [], 0
+        for entry_id, fields in entries:
+            rid = fields[b"id"].decode()
+            if float(fields[b"deadline"]) < time.time():  # its caller has given up (504): no work, no answer
+                self.drop(entry_id)
+                continue
+            try:
+                fmt = check_format(fields[b"fmt"].decode())
+                data = fields[b"image"]
+                full_size = inspect_upload(data, int(s.max_upload_mb * 2**20), s.max_pixels, p.offset_for)
+                inputs = model_inputs(p, data, full_size)
+            except BadInput as exc:
+                answered += self.answer(entry_id, rid, exc.status, "application/json", _error_body(exc.message))
+                continue
+            ready.append((entry_id, rid, fmt, data, full_size, inputs))
+        if ready:
+            t0 = time.perf_counter()
+            probs = p.predict_batch([np.stack([r[5][k] for r in ready]) for k in range(len(ready[0][5]))])
+            BATCH_SIZE.observe(len(ready))
+            BATCH_SECONDS.observe(time.perf_counter() - t0)
+            for (entry_id, rid, fmt, data, full_size, _), prob in zip(ready, probs):
+                ids = p.to_train_ids(prob, full_size)
+                rgb = decode_upload(data) if fmt == "overlay" else None
+                answered += self.answer(entry_id, rid, 200, FORMATS[fmt], render(ids, fmt, p.scheme, rgb))
+        self.answered += answered
+        return answered
+
+    def run(self, log=print) -> int:
+        self.ensure_group()
+        log(f"worker {self.consumer}: reading {STREAM} as group {GROUP} on {self.settings.redis} "
+            f"(batches of up to {self.settings.max_batch})")
+        while not self.stopping:
+            entries = self.next_batch()
+            if entries:
+                self.process(entries)
+        log(f"worker {self.consumer}: stopped after answering {self.answered} request(s)")
+        return 0
+
+
+def _error_body(message: str) -> bytes:
+    import json
+    return json.dumps({"error": message}).encode()
+
+
+def run_worker(settings) -> int:
+    """The `worker` verb: load the export, warm up, then serve the stream until SIGTERM/SIGINT
+    (the batch in hand is finished first)."""
+    from paddle_lane.deploy.runtime import export_predictor
+    predictor = export_predictor(settings.model, settings.backend, threads=settings.threads or None)
+    worker = Worker(settings, predictor)
+
+    def stop(signum, _frame):
+        worker.stopping = True
+        print(f"worker {worker.consumer}: {signal.Signals(signum).name}, finishing the current batch", file=sys.stderr)
+    # Paddle replaces the SIGTERM handler when it loads: ours goes back in after it
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    return worker.run()
