@@ -45,6 +45,24 @@ setup() {
   echo "[setup] ready: $VENV" >&2
 }
 
+# Debian packages for tests (requirements-apt.txt: "package command" per line), installed when missing
+ensure_test_packages() {
+  local missing=()
+  while read -r pkg cmd; do
+    [[ -z "$pkg" || "$pkg" == \#* ]] && continue
+    command -v "$cmd" >/dev/null 2>&1 || [[ -x "/usr/sbin/$cmd" ]] || missing+=("$pkg")
+  done < "$ROOT/requirements-apt.txt"
+  (( ${#missing[@]} )) || return 0
+  if [[ "$(id -u)" == 0 ]] && command -v apt-get >/dev/null 2>&1; then
+    echo "[setup] installing Debian packages for tests: ${missing[*]}" >&2
+    if ! { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}"; } >/dev/null; then
+      echo "[setup] could not install ${missing[*]}: the tests that need them skip" >&2
+    fi
+  else
+    echo "[setup] ${missing[*]} not installed (needs root and apt): the tests that need them skip" >&2
+  fi
+}
+
 ensure_setup() {
   if [[ ! -f "$STAMP" || "$(cat "$STAMP")" != "$(want_stamp)" ]]; then setup; fi
 }
@@ -54,6 +72,7 @@ case "$verb" in
   setup) setup ;;
   test)
     ensure_setup
+    ensure_test_packages
     cd "$ROOT"
     exec "$VENV/bin/python" -m pytest "$@" ;;
   mutate)

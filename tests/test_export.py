@@ -204,7 +204,7 @@ def test_infer_from_an_export_writes_the_checkpoints_submission(source, cfg, tmp
     for name in names:
         a = np.asarray(Image.open(tmp_path / "sub_ckpt" / name))
         b = np.asarray(Image.open(tmp_path / "sub_export" / name))
-        assert a.shape == b.shape and (a == b).mean() >= 0.9999, name
+        assert a.shape == b.shape and (a != b).sum() <= max(2, a.size // 100_000), name  # near-ties only
     manifest = yaml.safe_load((tmp_path / "sub_export" / "manifest.json").read_text())
     assert manifest["backend"] == "onnxruntime"
 

@@ -1,7 +1,7 @@
 """The README's commands, as written there: every `./run.sh VERB ...` parses with the options it
 shows, every documented script exists, and the documented chain (prepare -> train -> resume ->
-infer with a two-model ensemble -> validate -> evaluate) runs on synthetic data with tiny
-settings. A documented command that breaks fails here."""
+infer with a two-model ensemble -> validate -> evaluate -> export -> infer from the export ->
+validate) runs on synthetic data with tiny settings. A documented command that breaks fails here."""
 from __future__ import annotations
 
 import py_compile
@@ -103,5 +103,10 @@ def test_the_documented_chain_runs(tmp_path, monkeypatch):
     assert run(by_verb["infer"][0], **{"DATA/TestSet": "DATA"}) == 0
     assert run(by_verb["validate"][0], **{"submissions/NAME": "submissions/r50_unet", "DIR": "DATA"}) == 0
     assert run(by_verb["evaluate"][0]) == 0
+    # export the first run, then a submission from the export (no --config)
+    assert run(by_verb["export"][0]) == 0
+    from_export = next(w for w in by_verb["infer"] if "exports/r50" in w and "--nproc" not in w)
+    assert run(from_export, **{"DATA/TestSet": "DATA"}) == 0
+    assert run(by_verb["validate"][0], **{"submissions/NAME": "submissions/r50_export", "DIR": "DATA"}) == 0
     # documented for GPU machines: on a CPU build of Paddle it is one clear line, exit 2
     assert run(next(w for w in by_verb["train"] if "--gpus" in w)) == 2

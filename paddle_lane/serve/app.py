@@ -79,7 +79,8 @@ def create_app(settings: ServeSettings) -> FastAPI:
             def on_batch(n, seconds):
                 metrics.BATCH_SIZE.observe(n)
                 metrics.BATCH_SECONDS.observe(seconds)
-            batcher = MicroBatcher(run_batch, settings.max_batch, settings.max_wait_ms, settings.max_queue, on_batch)
+            batcher = MicroBatcher(run_batch, settings.batch_for(predictor.device), settings.max_wait_ms,
+                                   settings.max_queue, on_batch)
             batcher.start()
             state.update(predictor=predictor, batcher=batcher, geometry=predictor.offset_for)
         state["ready"] = True

@@ -102,7 +102,7 @@ class Worker:
 
     def next_batch(self, block_ms: int = 1000) -> list:
         """Entries of dead or silent workers first, then new ones (blocking at most block_ms)."""
-        n = self.settings.max_batch
+        n = self.settings.batch_for(self.predictor.device if self.predictor is not None else "cpu")
         _, claimed, *_ = self.redis.xautoclaim(STREAM, GROUP, self.consumer, self.settings.claim_idle_ms,
                                                start_id="0-0", count=n)
         entries = [e for e in claimed if e and e[1]]
@@ -153,7 +153,7 @@ class Worker:
     def run(self, log=print) -> int:
         self.ensure_group()
         log(f"worker {self.consumer}: reading {STREAM} as group {GROUP} on {self.settings.redis} "
-            f"(batches of up to {self.settings.max_batch})")
+            f"(batches of up to {self.settings.batch_for(self.predictor.device)})")
         while not self.stopping:
             entries = self.next_batch()
             if entries:

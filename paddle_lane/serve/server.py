@@ -50,7 +50,8 @@ def serve(settings: ServeSettings, host: str = "127.0.0.1", port: int = 8000, wo
             from paddle_lane.serve.app import create_app
             return create_app(settings)
 
-    mode = f"Redis {settings.redis}" if settings.redis else f"local model, batches up to {settings.max_batch}"
+    batch = settings.max_batch or "4 on a GPU, 1 on a CPU"
+    mode = f"Redis {settings.redis}" if settings.redis else f"local model, batches up to {batch}"
     print(f"serve: {settings.model} ({len(info['members'])} member(s)) on http://{host}:{port} with {workers} "
           f"worker(s); {mode}", flush=True)
     try:
