@@ -249,6 +249,30 @@ def _serve_settings(args):
                          claim_idle_ms=getattr(args, "claim_idle_ms", 15000))
 
 
+def cmd_report(args, argv) -> int:
+    from paddle_lane.report.html import build_report
+    res = build_report(args.pred, args.gt, args.out, images=args.images, run=args.run, scheme_name=args.scheme,
+                       k=args.worst, workers=args.workers)
+    print(f"report: {res['out']} ({res['frames']} frames, {res['figures']} figures, {res['bytes'] / 1e6:.1f} MB; "
+          f"mIoU {res['miou']:.4f})")
+    return 0
+
+
+def cmd_compare(args, argv) -> int:
+    from paddle_lane.report.compare import bootstrap, format_comparison, paired_frames
+    from paddle_lane.scorer import score_folders
+    if len(args.pred) != 2:
+        raise UserError(f"compare needs exactly two --pred folders (A then B), got {len(args.pred)}")
+    reports = [score_folders(p, args.gt, args.scheme, workers=args.workers) for p in args.pred]
+    conf_a, conf_b, _ = paired_frames(*reports)
+    res = bootstrap(conf_a, conf_b, args.n, args.seed, reports[0].results["lane_classes"])
+    print(format_comparison(res, reports[0].class_names, args.pred[0], args.pred[1]))
+    if args.json:
+        from data_prep.io_utils import atomic_write_json
+        atomic_write_json(args.json, res)
+    return 0
+
+
 def cmd_serve(args, argv) -> int:
     from paddle_lane.serve.server import serve
     return serve(_serve_settings(args), args.host, args.port, args.workers)
@@ -413,6 +437,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-zip", action="store_true")
     _add_config_args(p)
     p.set_defaults(func=cmd_client)
+
+    p = sub.add_parser("report", help="error analysis of a submission: one self-contained HTML file")
+    p.add_argument("--pred", required=True, help="folder of predicted id PNGs")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs")
+    p.add_argument("--images", help="folder of the input images (for the worst-frame panels)")
+    p.add_argument("--run", help="training run folder (metrics.jsonl, train_log.jsonl) for the curves")
+    p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
+    p.add_argument("--worst", type=int, default=6, help="how many worst frames to show")
+    p.add_argument("--scheme", default="apollo8")
+    p.add_argument("--workers", type=int, default=2)
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("compare", help="paired bootstrap: is B's gain over A real?")
+    p.add_argument("--pred", action="append", required=True, help="prediction folder; give it twice (A, then B)")
+    p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs")
+    p.add_argument("--n", type=int, default=2000, help="bootstrap resamples")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scheme", default="apollo8")
+    p.add_argument("--workers", type=int, default=2)
+    p.add_argument("--json", help="also write the numbers to this JSON file")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("visualdl", help="serve the VisualDL UI for a run")
     p.add_argument("--logdir", default="runs", help="folder with VisualDL logs (a run's vdl/ or a parent)")

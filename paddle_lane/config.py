@@ -127,6 +127,7 @@ class TrainConfig:
     max_loss: float = 1e4               # a loss above this, or NaN, stops the run
     vis_images: int = 4                 # images in the VisualDL grid at each validation
     max_val_images: int = 0             # 0 = whole val list
+    train_eval_images: int = 0          # training frames scored like val at each validation (the train/val gap); 0 = off
     checkpoint_interval: int = 0        # also checkpoint every N iterations (0 = off) ...
     checkpoint_minutes: float = 5.0     # ... and this long after the last save (0 = off)
 
@@ -357,6 +358,7 @@ def validate(cfg: Config) -> None:
         ("train.log_interval", cfg.train.log_interval > 0, "must be > 0"),
         ("train.keep_last", cfg.train.keep_last >= 1, "must be >= 1"),
         ("train.checkpoint_interval", cfg.train.checkpoint_interval >= 0, "must be >= 0 (0 = off)"),
+        ("train.train_eval_images", cfg.train.train_eval_images >= 0, "must be >= 0 (0 = off)"),
         ("train.checkpoint_minutes", cfg.train.checkpoint_minutes >= 0, "must be >= 0 (0 = off)"),
         ("model.freeze_backbone_iters", cfg.model.freeze_backbone_iters >= 0, "must be >= 0"),
         ("infer.scales", len(cfg.infer.scales) > 0 and all(s > 0 for s in cfg.infer.scales), "must be positive numbers"),

@@ -58,6 +58,9 @@ class ScoreReport:
     pred_dir: str
     gt_dir: str
     ignore_index: int = IGNORE_INDEX
+    # per ground-truth frame, in file order: {"gt", "pred", "status", "confusion"} (confusion None for
+    # an unreadable ground truth); what report and compare work from, not written to scores.json
+    frames: list[dict] = field(default_factory=list)
 
     @property
     def miou(self) -> float:
@@ -270,7 +273,9 @@ def score_folders(pred_dir: str | Path, gt_dir: str | Path, scheme: Scheme | str
     problems = duplicates + [p for r in results for p in r.problems] + extra
     report = ScoreReport(results=metric.compute(), confusion=metric.confusion, problems=problems,
                          counts=_counts(len(gt_files), results, len(extra)), class_names=scheme.class_names,
-                         scheme=scheme.name, pred_dir=str(pred_dir), gt_dir=str(gt_dir))
+                         scheme=scheme.name, pred_dir=str(pred_dir), gt_dir=str(gt_dir),
+                         frames=[{"gt": j.gt_path, "pred": j.pred_path, "status": r.status, "confusion": r.confusion}
+                                 for j, r in zip(jobs, results)])
     if out_dir is not None:
         report.write(out_dir)
     return report

@@ -180,7 +180,7 @@ RESOLVED_SECTIONS = {
                  "step_size": 1000, "gamma": 0.1, "cycle_iters": 1000, "max_lr_factor": 10.0},
     "train": {"output_dir": "runs/deeplabv3p_r50vd_os8", "seed": 0, "val_interval": 2000, "log_interval": 20,
               "keep_last": 2, "patience": 0, "amp": None, "max_loss": 10000.0, "vis_images": 4,
-              "max_val_images": 500, "checkpoint_interval": 0, "checkpoint_minutes": 5.0},
+              "max_val_images": 500, "train_eval_images": 64, "checkpoint_interval": 0, "checkpoint_minutes": 5.0},
     "infer": {"flip": True, "scales": [0.75, 1.0, 1.25], "batch_size": 1, "num_workers": 2, "stage": -1,
               "window": [], "window_stride": [], "name_suffix": "_bin.png"},
 }

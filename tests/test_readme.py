@@ -1,7 +1,7 @@
 """The README's commands, as written there: every `./run.sh VERB ...` parses with the options it
 shows, every documented script exists, and the documented chain (prepare -> train -> resume ->
 infer with a two-model ensemble -> validate -> evaluate -> export -> infer from the export ->
-validate) runs on synthetic data with tiny settings. A documented command that breaks fails here."""
+validate -> report -> compare) runs on synthetic data with tiny settings. A documented command that breaks fails here."""
 from __future__ import annotations
 
 import py_compile
@@ -108,5 +108,9 @@ def test_the_documented_chain_runs(tmp_path, monkeypatch):
     from_export = next(w for w in by_verb["infer"] if "exports/r50" in w and "--nproc" not in w)
     assert run(from_export, **{"DATA/TestSet": "DATA"}) == 0
     assert run(by_verb["validate"][0], **{"submissions/NAME": "submissions/r50_export", "DIR": "DATA"}) == 0
+    # what to fix next, and whether the ensemble beats the single exported model
+    assert run(by_verb["report"][0], **{"DATA/Gray_Label": "DATA"}) == 0
+    assert Path("report.html").stat().st_size > 10_000
+    assert run(by_verb["compare"][0], **{"DATA/Gray_Label": "DATA", "submissions/r50": "submissions/r50_export"}) == 0
     # documented for GPU machines: on a CPU build of Paddle it is one clear line, exit 2
     assert run(next(w for w in by_verb["train"] if "--gpus" in w)) == 2

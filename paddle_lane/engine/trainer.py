@@ -73,6 +73,9 @@ def load_stats(cfg: Config) -> dict:
     return stats
 
 
+TRAIN_LOG = "train_log.jsonl"  # loss, loss terms and LR every train.log_interval iterations
+
+
 def trim_metrics(path: Path, stage: int, it: int) -> None:
     """Drop the records after a resume point, so a resumed run never logs an iteration twice."""
     if not path.exists():
@@ -122,6 +125,9 @@ class Trainer:
                       "each stage's 'best' checkpoint is its last iteration", file=sys.stderr)
         else:
             self.val_df = sample_val_rows(self.val_df, cfg.train.max_val_images, cfg.train.seed)
+        # a fixed sample of training frames scored like val: the train/val gap (bias vs variance)
+        self.train_eval_df = (sample_val_rows(self.train_df, cfg.train.train_eval_images, cfg.train.seed + 1)
+                              if cfg.train.train_eval_images and self.val_df is not None else None)
         self.amp = self._amp_level()
         paddle.seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
@@ -191,6 +197,7 @@ class Trainer:
                     print(f"resuming from {resume_dir}")
                 if self.main:
                     trim_metrics(self.out / "metrics.jsonl", start_stage, resume_state["iter"])
+                    trim_metrics(self.out / TRAIN_LOG, start_stage, resume_state["iter"])
                 # done by this config's plan (a resume may add iterations), or stopped early
                 if resume_state.get("stopped_early") or (
                         start_stage < len(self.cfg.stages) and resume_state["iter"] >= self.cfg.stages[start_stage].iters):
@@ -307,6 +314,7 @@ class Trainer:
                     "best_miou": best if math.isfinite(best) else -1.0, "best_iter": best_iter,
                     "bad_vals": bad_vals, "stage_done": it >= st.iters, "size": [st.width, st.height], **extra}
 
+        window: list = []  # (loss, terms) since the last train_log.jsonl line
         batches = iter(loader)
         stream = watched(batches, cfg.data.loader_timeout, awaited,
                          f"checkpoints are kept in {self.out}; continue with --resume")
@@ -328,8 +336,11 @@ class Trainer:
                 t_compute = time.perf_counter() - t0
                 ips = int(images.shape[0]) * self.world / max(t_data + t_compute, 1e-9)
                 self.monitor.train_step(stage_idx, it, loss_value, terms, cur_lr, ips, t_data, t_compute)
+                window.append((loss_value, terms))
                 if it % cfg.train.log_interval == 0 or it == st.iters:
                     bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", ips=f"{ips:.1f}")
+                    self._log_train(stage_idx, it, window, cur_lr)
+                    window = []
                 bar.update(1)
                 if it % cfg.train.val_interval == 0 or it == st.iters:
                     miou = self.validate(net, val, stage_idx, it)
@@ -402,7 +413,28 @@ class Trainer:
             save_checkpoint(stage_dir / "best", model, None, state)
         prune(self.out, state["stage"], self.cfg.train.keep_last)
 
+    def _log_train(self, stage_idx: int, it: int, window: list, lr: float) -> None:
+        """One train_log.jsonl line: loss and loss terms averaged over the log interval, and the LR."""
+        if not self.main or not window:
+            return
+        terms = {k: float(np.mean([t[k] for _, t in window if k in t])) for k in window[-1][1]}
+        record = {"stage": stage_idx, "iter": it, "global_iter": self.monitor.step(stage_idx, it),
+                  "loss": float(np.mean([v for v, _ in window])), "terms": terms, "lr": float(lr)}
+        with open(self.out / TRAIN_LOG, "a") as fh:  # append-only; trimmed to the resume point like metrics.jsonl
+            fh.write(json.dumps(record) + "\n")
+
     # ------------------------------------------------------------------ validation
+    def _score_train_sample(self, predictor) -> dict:
+        """Leaderboard scoring of the training sample (this rank's share, summed over ranks)."""
+        rows = self.train_eval_df.iloc[self.rank::self.world]
+        metric = validate_frames(predictor, rows, self.scheme, self.cfg.data.num_workers, 0).metric
+        if self.world > 1:
+            conf = paddle.to_tensor(metric.confusion.astype(np.int64))
+            dist.all_reduce(conf)
+            metric.reset()
+            metric.merge(conf.numpy())
+        return metric.compute()
+
     def _val_predictor(self, net, size: tuple[int, int]):
         """The inference path for the network being trained: no TTA, the stage size."""
         from paddle_lane.infer.predictor import Predictor
@@ -426,6 +458,7 @@ class Trainer:
             metric.reset()
             metric.merge(conf.numpy())
         result = metric.compute()
+        train_result = self._score_train_sample(predictor) if self.train_eval_df is not None else None
         if self.main:
             self.monitor.validation(stage_idx, it, result, metric.table(), res.shown, self.cfg.data, self.scheme)
             record = {"stage": stage_idx, "iter": it, "global_iter": self.monitor.step(stage_idx, it), "ranks": self.world, "frames": len(self.val_df),
@@ -433,6 +466,11 @@ class Trainer:
                       "seconds": round(time.perf_counter() - t0, 3),
                       "train_seconds": round(t0 - self._since_val, 3),  # since the stage start or last validation
                       **metric_to_jsonable({k: result[k] for k in ("miou", "miou_lanes", "pixel_accuracy", "per_class")})}
+            if train_result is not None:  # the same scoring on a fixed sample of training frames
+                record.update(metric_to_jsonable({"train_frames": len(self.train_eval_df),
+                                                  "train_miou": train_result["miou"],
+                                                  "train_miou_lanes": train_result["miou_lanes"],
+                                                  "train_iou": [r["iou"] for r in train_result["per_class"]]}))
             with open(self.out / "metrics.jsonl", "a") as fh:  # append-only log; one line per validation
                 fh.write(json.dumps(record) + "\n")
         self._since_val = time.perf_counter()

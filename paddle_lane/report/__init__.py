@@ -1,0 +1,1 @@
+"""Error analysis: `report` (one self-contained HTML file) and `compare` (paired bootstrap)."""

@@ -1,0 +1,76 @@
+"""Numbers behind the report and compare, from the scorer's per-frame confusion matrices: IoU
+and its parts per class, per-frame mIoU, set-level scores of groups of frames (road, record,
+camera), and where each frame came from. Vectorised over frames: a stack of F x n x n counts."""
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+
+ROAD = re.compile(r"road[_ ]?0*(\d+)", re.IGNORECASE)
+RECORD = re.compile(r"record[_ ]?0*(\d+)", re.IGNORECASE)
+CAMERA = re.compile(r"camera[_ ]?0*(\d+)", re.IGNORECASE)
+
+
+def frame_origin(path: str) -> dict:
+    """road / record / camera of an Apollo file from its folders and name ('?' when absent):
+    .../Label_road02/Label/Record001/Camera 5/170927_063811892_Camera_5_bin.png."""
+    parts = Path(path).parts
+    found = {}
+    for key, pattern, fmt in (("road", ROAD, "road{:02d}"), ("record", RECORD, "Record{:03d}"),
+                              ("camera", CAMERA, "Camera {}")):
+        hit = next((m for p in reversed(parts) for m in [pattern.search(p)] if m), None)
+        found[key] = fmt.format(int(hit.group(1))) if hit else "?"
+    return found
+
+
+def iou_parts(conf: np.ndarray) -> dict:
+    """Per-class IoU, precision, recall (NaN where undefined) of one n x n confusion (rows = truth),
+    or of a stack ... x n x n (the last two axes)."""
+    conf = np.asarray(conf, np.float64)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    gt, pred = conf.sum(axis=-1), conf.sum(axis=-2)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        iou = np.where(gt + pred - tp > 0, tp / (gt + pred - tp), np.nan)
+        precision = np.where(pred > 0, tp / pred, np.nan)
+        recall = np.where(gt > 0, tp / gt, np.nan)
+    return {"iou": iou, "precision": precision, "recall": recall, "gt_pixels": gt, "pred_pixels": pred}
+
+
+def mean_iou(iou: np.ndarray, classes=None) -> np.ndarray:
+    """Mean over classes (last axis) of the defined IoUs; NaN when none is defined."""
+    iou = iou if classes is None else iou[..., list(classes)]
+    with np.errstate(invalid="ignore"):
+        valid = ~np.isnan(iou)
+        total = np.where(valid, iou, 0.0).sum(axis=-1)
+        count = valid.sum(axis=-1)
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def stack(frames: list[dict], n: int) -> tuple[list[dict], np.ndarray]:
+    """(frames with a confusion, F x n x n int64) from the scorer's per-frame list."""
+    kept = [f for f in frames if f.get("confusion") is not None]
+    if not kept:
+        return [], np.zeros((0, n, n), np.int64)
+    return kept, np.stack([np.asarray(f["confusion"], np.int64) for f in kept])
+
+
+def per_frame_miou(confs: np.ndarray, lane_classes) -> tuple[np.ndarray, np.ndarray]:
+    """(mIoU over all classes, mIoU over the lanes) of each frame on its own."""
+    iou = iou_parts(confs)["iou"]
+    return mean_iou(iou), mean_iou(iou, lane_classes)
+
+
+def group_scores(frames: list[dict], confs: np.ndarray, key: str, lane_classes) -> list[dict]:
+    """Set-level mIoU of the frames of each road / record / camera (one confusion per group)."""
+    groups: dict[str, list[int]] = {}
+    for i, f in enumerate(frames):
+        groups.setdefault(frame_origin(f["gt"])[key], []).append(i)
+    rows = []
+    for name in sorted(groups):
+        conf = confs[groups[name]].sum(axis=0)
+        iou = iou_parts(conf)["iou"]
+        rows.append({key: name, "frames": len(groups[name]), "miou": float(mean_iou(iou)),
+                     "miou_lanes": float(mean_iou(iou, lane_classes))})
+    return rows
