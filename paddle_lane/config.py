@@ -13,6 +13,8 @@ from typing import Any, Optional, Union
 
 import yaml
 
+from paddle_lane.models.registry import BACKBONES, MODELS
+
 
 class ConfigError(ValueError):
     """A config problem, always naming the key and the file."""
@@ -64,15 +66,19 @@ class AugmentConfig:
 
 @dataclass
 class ModelConfig:
-    name: str = "deeplabv3p"            # deeplabv3p | unet | lite
-    backbone: str = "ResNet50_vd"       # ResNet18_vd | ResNet34_vd | ResNet50_vd | ResNet101_vd
-    output_stride: int = 8
+    name: str = "deeplabv3p"            # deeplabv3p | fcn | unet | lite | paddleseg (paddle_lane.models.zoo)
+    backbone: str = "ResNet50_vd"       # deeplabv3p, fcn: ResNet{18,34,50,101}_vd | ResNeXt50_32x4d |
+                                        # ResNeXt101_32x4d | ResNeXt50_64x4d | ResNeSt50 | ResNeSt101
+    output_stride: int = 8              # 8 | 16 (deeplabv3p), also 32 (fcn)
     pretrained: Optional[str] = None    # whole-model weights: local path or URL
     backbone_pretrained: Optional[str] = None
     init: str = "kaiming"               # kaiming | xavier | default, for layers not loaded
     freeze_backbone_iters: int = 0
     sync_bn: bool = False
     width: int = 16                     # base channels of the lite model
+    type: Optional[str] = None          # name: paddleseg -- a model of paddleseg's registry (PPLiteSeg, OCRNet, ...)
+    args: dict = field(default_factory=dict)  # name: paddleseg -- its other arguments, written in YAML beside
+                                        # `type` (backbone: {type: STDC2}, ...) and gathered here when read
 
 
 @dataclass
@@ -160,14 +166,15 @@ class Config:
 
 
 LIST_ITEM_TYPES = {(Config, "loss"): LossTerm, (Config, "stages"): StageConfig}
+PADDLESEG = "paddleseg"                 # model.name whose section passes other keys to paddleseg
 
 CHOICES = {
     "data.ignore_policy": ("background", "ignore"),
     "data.label_resize": ("nearest", "vote"),
     "prepare.class_weight": ("inverse_log", "median_frequency", "none"),
-    "model.name": ("deeplabv3p", "unet", "lite"),
-    "model.backbone": ("ResNet18_vd", "ResNet34_vd", "ResNet50_vd", "ResNet101_vd"),
-    "model.output_stride": (8, 16),
+    "model.name": MODELS.names(),
+    "model.backbone": BACKBONES.names(),
+    "model.output_stride": (8, 16, 32),
     "model.init": ("kaiming", "xavier", "default"),
     "loss.type": ("ce", "dice", "focal", "lovasz"),
     "optimizer.type": ("sgd", "adam", "adamw"),
@@ -287,6 +294,8 @@ def _build(cls, data: Any, prefix: str, source: str):
         raise ConfigError(f"{source}: key '{prefix.rstrip('.') or '<root>'}' must be a mapping, got {data!r}")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls) if not f.metadata.get("internal")}
+    if cls is ModelConfig:
+        data = _gather_paddleseg_args(data, names)
     unknown = sorted(set(data) - names)
     if unknown:
         raise ConfigError(f"{source}: unknown key '{prefix}{unknown[0]}' (known: {', '.join(sorted(names))})")
@@ -312,6 +321,41 @@ def _build(cls, data: Any, prefix: str, source: str):
     return cls(**kwargs)
 
 
+def _gather_paddleseg_args(data: dict, names: set) -> dict:
+    """A paddleseg model section (name: paddleseg, or a `type`, or a backbone mapping, as a
+    file that only changes arguments has): its other keys and its backbone mapping go to
+    `args`. Any other section keeps unknown keys, which _build then refuses."""
+    zoo = data.get("name") == PADDLESEG or data.get("type") is not None or isinstance(data.get("backbone"), dict)
+    if not zoo:
+        return data
+    moved = {k: v for k, v in data.items() if k not in names or (k == "backbone" and isinstance(v, dict))}
+    args = data.get("args") or {}
+    if not isinstance(args, dict):
+        return data  # _build reports the wrong type of model.args
+    kept = {k: v for k, v in data.items() if k not in moved}
+    return {**kept, "args": _deep_merge(args, moved)}
+
+
+def _validate_model(cfg: Config) -> None:
+    """model.* checks that depend on model.name."""
+    m = cfg.model
+    if m.name == PADDLESEG:
+        from paddle_lane.models.paddleseg_models import check_spec
+        if m.backbone != ModelConfig.backbone:
+            _fail(cfg, "model.backbone", f"must be a mapping for name: {PADDLESEG}, e.g. backbone: {{type: {m.backbone}}}")
+        problem = check_spec(m.type, m.args)
+        if problem:
+            _fail(cfg, *problem)
+        return
+    if m.type is not None or m.args:
+        key = "model.type" if m.type is not None else f"model.{next(iter(m.args))}"
+        _fail(cfg, key, f"is only for model.name: {PADDLESEG} (model.name is {m.name!r})")
+    if m.backbone not in CHOICES["model.backbone"]:
+        _fail(cfg, "model.backbone", f"must be one of {list(CHOICES['model.backbone'])}, got {m.backbone!r}")
+    if m.name == "deeplabv3p" and m.output_stride not in (8, 16):
+        _fail(cfg, "model.output_stride", f"must be 8 or 16 for deeplabv3p, got {m.output_stride}")
+
+
 def _fail(cfg: Config, key: str, msg: str):
     raise ConfigError(f"{cfg.source}: key '{key}' {msg}")
 
@@ -323,10 +367,11 @@ def validate(cfg: Config) -> None:
         if value not in allowed:
             _fail(cfg, key, f"must be one of {list(allowed)}, got {value!r}")
 
-    for key in ("data.ignore_policy", "data.label_resize", "prepare.class_weight", "model.name", "model.backbone",
+    for key in ("data.ignore_policy", "data.label_resize", "prepare.class_weight", "model.name",
                 "model.output_stride", "model.init", "optimizer.type", "schedule.type", "train.amp"):
         section, name = key.split(".")
         choice(key, getattr(getattr(cfg, section), name))
+    _validate_model(cfg)
     for i, term in enumerate(cfg.loss):
         if term.type not in CHOICES["loss.type"]:
             _fail(cfg, f"loss.{i}.type", f"must be one of {list(CHOICES['loss.type'])}, got {term.type!r}")

@@ -1,4 +1,5 @@
-"""Model building: output sizes, init, weight loading, backbone freezing, trainability."""
+"""Model building: output sizes, init, weight loading, backbone freezing, trainability, and the
+MODELS / BACKBONES registries the config validates against."""
 import math
 
 import numpy as np
@@ -6,6 +7,7 @@ import paddle
 import paddle.nn.functional as F
 import pytest
 
+from conftest import ROOT
 from paddle_lane.config import ModelConfig
 from paddle_lane.models import build_model, count_params, load_weights, set_backbone_trainable
 from paddle_lane.models.builder import _running_stats
@@ -160,18 +162,61 @@ def stripe_batch():
     return paddle.to_tensor(image.astype("float32")), paddle.to_tensor(label)
 
 
-def test_lite_overfits_one_batch():
-    """The lite model can learn: loss on one batch falls by more than half in 30 Adam steps."""
-    paddle.seed(0)
-    model = build_model(lite_cfg(), 3)
+def adam_losses(model, steps: int, lr: float) -> list[float]:
+    """Cross-entropy of each of `steps` Adam steps on the stripe batch, in train mode."""
     model.train()
-    opt = paddle.optimizer.Adam(learning_rate=1e-2, parameters=model.parameters())
+    opt = paddle.optimizer.Adam(learning_rate=lr, parameters=model.parameters())
     image, label = stripe_batch()
     losses = []
-    for _ in range(30):
+    for _ in range(steps):
         loss = F.cross_entropy(model(image), label.unsqueeze(1), axis=1)
         loss.backward()
         opt.step()
         opt.clear_grad()
         losses.append(float(loss))
+    return losses
+
+
+def test_lite_overfits_one_batch():
+    """The lite model can learn: loss on one batch falls by more than half in 30 Adam steps."""
+    paddle.seed(0)
+    losses = adam_losses(build_model(lite_cfg(), 3), steps=30, lr=1e-2)
     assert losses[-1] < 0.5 * losses[0]
+
+
+def test_registries_name_every_model_and_backbone():
+    """model.name / model.backbone choices are the registries' names; an unknown one is one line."""
+    from paddle_lane.config import CHOICES
+    from paddle_lane.models.registry import BACKBONES, MODELS
+    assert CHOICES["model.name"] == MODELS.names() == ("deeplabv3p", "fcn", "unet", "lite", "paddleseg")
+    assert set(CHOICES["model.backbone"]) == set(BACKBONES.names()) == {
+        "ResNet18_vd", "ResNet34_vd", "ResNet50_vd", "ResNet101_vd", "ResNeXt50_32x4d", "ResNeXt101_32x4d",
+        "ResNeXt50_64x4d", "ResNeSt50", "ResNeSt101"}
+    with pytest.raises(ValueError, match=r"unknown backbone 'ResNet50'; available: ResNet18_vd, .*ResNeSt101$"):
+        BACKBONES.get("ResNet50")
+    with pytest.raises(ValueError, match="model.name must be one of"):
+        build_model(ModelConfig(name="segnet"), 3)
+
+
+def test_registering_a_model_is_one_decorated_function():
+    from paddle_lane.models.registry import Registry
+    reg = Registry("toy", modules=())
+
+    @reg.register()
+    def tiny(cfg, num_classes):
+        return paddle.nn.Conv2D(3, num_classes, 1), None
+
+    assert reg.names() == ("tiny",) and reg.get("tiny") is tiny
+    with pytest.raises(ValueError, match="registered twice"):
+        reg.register("tiny")(lambda cfg, n: None)
+
+
+def test_config_validation_does_not_load_paddle():
+    """Reading a config (CLI start-up, data preparation) imports neither Paddle nor paddleseg."""
+    import subprocess
+    import sys
+    code = ("import sys; from paddle_lane.config import load_config; load_config('configs/demo_tiny.yml'); "
+            "print(sorted(m for m in ('paddle', 'paddleseg') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), check=True)
+    assert out.stdout.strip() == "[]"
+

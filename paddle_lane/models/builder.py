@@ -1,5 +1,6 @@
-"""Build the network named by `ModelConfig` (paddleseg DeepLabV3+ / UNet, or the lite
-model), initialise it, load weights with a strict shape check, and freeze its backbone."""
+"""Build the network named by `ModelConfig` (a factory of the MODELS registry, see
+paddle_lane.models.zoo), initialise it, load weights with a strict shape check, and freeze
+its backbone."""
 from __future__ import annotations
 
 import logging
@@ -11,11 +12,10 @@ import paddle
 import paddle.nn as nn
 
 from paddle_lane.config import ModelConfig
-from paddle_lane.models.lite import LiteSeg
+from paddle_lane.models.registry import MODELS
 
 log = logging.getLogger(__name__)
 
-ASPP_RATIOS = {8: (1, 12, 24, 36), 16: (1, 6, 12, 18)}  # PaddleSeg's DeepLabV3+ settings
 INITIALIZERS = {"kaiming": nn.initializer.KaimingNormal, "xavier": nn.initializer.XavierUniform}
 BN_TYPES = (nn.BatchNorm, nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm)
 
@@ -48,39 +48,11 @@ class LoadReport(NamedTuple):
     unexpected: list
 
 
-# ----------------------------------------------------------------------------- networks
-def _deeplabv3p(cfg: ModelConfig, num_classes: int) -> tuple[nn.Layer, nn.Layer]:
-    """paddleseg DeepLabV3+ on a ResNet*_vd backbone, configured as PaddleSeg's configs."""
-    from paddleseg.models import DeepLabV3P, backbones
-    if cfg.output_stride not in ASPP_RATIOS:
-        raise ValueError(f"model.output_stride must be 8 or 16, got {cfg.output_stride}")
-    backbone = getattr(backbones, cfg.backbone)(output_stride=cfg.output_stride)
-    net = DeepLabV3P(num_classes, backbone, backbone_indices=(0, 3),
-                     aspp_ratios=ASPP_RATIOS[cfg.output_stride], align_corners=False)
-    return net, net.backbone
-
-
-def _unet(cfg: ModelConfig, num_classes: int) -> tuple[nn.Layer, Optional[nn.Layer]]:
-    """paddleseg UNet; its encoder plays the backbone's part."""
-    from paddleseg.models import UNet
-    net = UNet(num_classes, align_corners=False)
-    return net, getattr(net, "encode", None)
-
-
-def _lite(cfg: ModelConfig, num_classes: int) -> tuple[nn.Layer, nn.Layer]:
-    """The small CPU-friendly encoder-decoder."""
-    net = LiteSeg(num_classes, width=cfg.width)
-    return net, net.encoder
-
-
-BUILDERS = {"deeplabv3p": _deeplabv3p, "unet": _unet, "lite": _lite}
-
-
 def build_model(cfg: ModelConfig, num_classes: int) -> SegModel:
     """The configured model: initialised, weights loaded, BN synced across cards if asked."""
-    if cfg.name not in BUILDERS:
-        raise ValueError(f"model.name must be one of {sorted(BUILDERS)}, got {cfg.name!r}")
-    net, backbone = BUILDERS[cfg.name](cfg, num_classes)
+    if cfg.name not in MODELS:
+        raise ValueError(f"model.name must be one of {list(MODELS.names())}, got {cfg.name!r}")
+    net, backbone = MODELS.get(cfg.name)(cfg, num_classes)
     model = SegModel(net, backbone)
     # Initialise everything first; loading then overwrites whatever the files provide.
     init_weights(model, cfg.init)
