@@ -20,7 +20,7 @@ NOT_RECIPES = {"demo_tiny.yml"}
 # stage's per-card batch and ITERS the iterations of each stage: 3x16k, 20k+2x16k, ...
 NAME_RULE = re.compile(
     r"^(?P<model>[a-z0-9]+)"
-    r"(?:_(?P<backbone>[a-z0-9]+)(?:-(?P<variant>[a-z0-9]+))?)?"
+    r"(?:_(?P<backbone>[a-z0-9]+(?:-\d+x\d+d)?)(?:-(?P<variant>[a-z0-9]+))?)?"
     r"_(?P<cards>\d+)xb(?P<batch>\d+)"
     r"-(?P<iters>(?:\d+x)?\d+k(?:\+(?:\d+x)?\d+k)*)"
     r"_(?P<dataset>[a-z0-9]+)"
@@ -34,6 +34,13 @@ def _iters(token: str) -> list[int]:
         count, _, k = part.rpartition("x")
         out += [int(k[:-1]) * 1000] * int(count or 1)
     return out
+
+
+def backbone_token(name: str) -> str:
+    """ResNet50_vd -> r50vd, ResNeXt50_32x4d -> resnext50-32x4d, ResNeSt101 -> resnest101."""
+    if name.startswith("ResNet"):
+        return "r" + name.removeprefix("ResNet").replace("_", "")
+    return name.lower().replace("_", "-")
 
 
 def _ids(paths):
@@ -65,8 +72,8 @@ def test_recipe_name_says_what_the_config_resolves_to(path):
     assert m, f"{path.name} does not follow the naming rule"
     cfg = load_config(path)
     assert m["model"] == cfg.model.name
-    if m["backbone"]:      # r50vd <-> ResNet50_vd
-        assert m["backbone"] == "r" + cfg.model.backbone.removeprefix("ResNet").replace("_", "")
+    if m["backbone"]:      # r50vd <-> ResNet50_vd, resnext50-32x4d <-> ResNeXt50_32x4d
+        assert m["backbone"] == backbone_token(cfg.model.backbone)
     if m["variant"]:
         assert m["variant"] == f"os{cfg.model.output_stride}"
     assert int(m["batch"]) == cfg.stages[0].batch_size
@@ -90,6 +97,17 @@ EXPECTED = {
     "deeplabv3p_r101vd-os8_2xb6-20k+2x16k_apollo8-768x256-1536x512.yml": dict(
         model=("deeplabv3p", "ResNet101_vd", 8, True), batches=[6, 3, 2], iters=[20000, 16000, 16000],
         output_dir="runs/deeplabv3p_r101vd_os8", scales=[0.75, 1.0, 1.25], **ADAM_POLY_CE_DICE),
+    **{f"{head}_{token}-os8_2xb8-3x16k_apollo8-768x256-1536x512.yml": dict(
+        model=(head, backbone, 8, True), batches=[8, 4, 2], iters=[16000] * 3,
+        output_dir=f"runs/{head}_{token}_os8", scales=[0.75, 1.0, 1.25], **ADAM_POLY_CE_DICE)
+       for head, backbone, token in [("deeplabv3p", "ResNeXt50_32x4d", "resnext50-32x4d"),
+                                     ("deeplabv3p", "ResNeSt50", "resnest50"),
+                                     ("fcn", "ResNeXt50_32x4d", "resnext50-32x4d")]},
+    **{f"deeplabv3p_{token}-os8_2xb6-20k+2x16k_apollo8-768x256-1536x512.yml": dict(
+        model=("deeplabv3p", backbone, 8, True), batches=[6, 3, 2], iters=[20000, 16000, 16000],
+        output_dir=f"runs/deeplabv3p_{token}_os8", scales=[0.75, 1.0, 1.25], **ADAM_POLY_CE_DICE)
+       for backbone, token in [("ResNeXt101_32x4d", "resnext101-32x4d"), ("ResNeXt50_64x4d", "resnext50-64x4d"),
+                               ("ResNeSt101", "resnest101")]},
     "unet_2xb8-3x16k_apollo8-768x256-1536x512.yml": dict(
         model=("unet", "ResNet50_vd", 8, False), batches=[8, 4, 2], iters=[16000] * 3,
         output_dir="runs/unet", scales=[1.0], **ADAM_POLY_CE_DICE),

@@ -230,3 +230,31 @@ def test_sharded_infer_over_two_processes_equals_one(exported, frames, tmp_path)
         b = np.asarray(Image.open(tmp_path / "single" / f"f{i}_bin.png"))
         np.testing.assert_array_equal(a, b)
     assert (tmp_path / "sharded.zip").is_file()
+
+
+def test_a_converter_crash_is_one_line_and_keeps_nothing(frames, tmp_path):
+    """paddle2onnx aborts its whole process on PP-LiteSeg's adaptive pooling with a dynamic input:
+    the conversion runs in a child, so the export ends with one line, and --format paddle works."""
+    cfg = load_config(CONFIG, OPTS + ["model.name=paddleseg", "model.type=PPLiteSeg", "model.backbone={type: STDC1}",
+                                      "model.init=default"])
+    paddle.seed(0)
+    ck = save_checkpoint(tmp_path / "pp" / "best", build_model(cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
+    with pytest.raises(UserError, match=r"ONNX conversion of .*model.json failed \((killed by SIG|exit code).*"
+                                        r"--format paddle"):
+        exp.export_model(cfg, [str(ck)], formats="onnx", out=tmp_path / "pp_onnx", samples=frames[:1])
+    assert not (tmp_path / "pp_onnx").exists() and not list(tmp_path.glob(".pp_onnx.partial-*"))
+    info = exp.export_model(cfg, [str(ck)], formats="paddle", out=tmp_path / "pp_paddle", samples=frames[:1])
+    assert sorted(info["self_check"]["backends"]) == ["dygraph", "paddle-inference"]
+
+
+@pytest.mark.parametrize("opts,label", [
+    (["model.name=fcn", "model.backbone=ResNeXt50_32x4d", "model.output_stride=16"], "fcn ResNeXt50_32x4d os16"),
+    (["model.name=deeplabv3p", "model.backbone=ResNeSt50"], "deeplabv3p ResNeSt50 os8"),
+    (["model.name=paddleseg", "model.type=BiSeNetV2", "model.init=default"], "paddleseg BiSeNetV2"),
+    (["model.name=unet"], "unet"),
+    ([], "lite width 4"),
+])
+def test_member_labels_name_the_architecture(opts, label):
+    """What deploy.yml's `arch`, the infer member list and manifests say of a model."""
+    from paddle_lane.infer.predictor import model_label
+    assert model_label(load_config(CONFIG, OPTS + opts).model) == label

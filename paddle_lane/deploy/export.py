@@ -17,9 +17,6 @@ tolerance nothing is kept. Written to a temp folder, renamed into place at the e
 """
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import os
 import shutil
 import time
@@ -53,19 +50,38 @@ def save_static(model: paddle.nn.Layer, prefix: Path) -> None:
     paddle.jit.save(static, str(prefix))
 
 
+ONNX_TIMEOUT_S = 900
+ONNX_CONVERT = """
+import sys
+import paddle2onnx
+data = paddle2onnx.export(sys.argv[1], sys.argv[2], None, opset_version=int(sys.argv[4]), enable_onnx_checker=True,
+                          optimize_tool="None")
+if not data:
+    sys.exit("paddle2onnx returned no model")
+open(sys.argv[3], "wb").write(data)
+"""
+
+
 def save_onnx(prefix: Path, out: Path) -> None:
-    """paddle2onnx on the saved graph; its optimiser is off (its default installs packages at run time)."""
-    import paddle2onnx
-    logging.getLogger("paddle2onnx").setLevel(logging.ERROR)
-    with contextlib.redirect_stdout(io.StringIO()) as captured:
-        try:
-            data = paddle2onnx.export(str(prefix) + ".json", str(prefix) + ".pdiparams", None, opset_version=ONNX_OPSET,
-                                      enable_onnx_checker=True, optimize_tool="None")
-        except Exception as exc:  # paddle2onnx logs and re-raises whatever the converter hit
-            raise UserError(f"ONNX conversion of {prefix}.json failed: {exc}") from None
-    if not data:
-        raise UserError(f"ONNX conversion of {prefix}.json failed: {captured.getvalue().strip()[-300:]}")
-    out.write_bytes(data)
+    """paddle2onnx on the saved graph, in a child process: on some graphs (PP-LiteSeg's adaptive
+    pooling with a dynamic input) the converter aborts its whole process instead of raising, which
+    must not take the export down with it. Its optimiser is off (the default one installs packages
+    at run time). A failure is one line naming the graph and the converter's last words."""
+    import signal
+    import subprocess
+    import sys
+    from data_prep.procs import die_with_parent
+    cmd = [sys.executable, "-c", ONNX_CONVERT, f"{prefix}.json", f"{prefix}.pdiparams", str(out), str(ONNX_OPSET)]
+    try:
+        run = subprocess.run(cmd, capture_output=True, text=True, timeout=ONNX_TIMEOUT_S, preexec_fn=die_with_parent)
+    except subprocess.TimeoutExpired:
+        raise UserError(f"ONNX conversion of {prefix}.json took over {ONNX_TIMEOUT_S} s; stopped") from None
+    if run.returncode != 0 or not out.is_file() or out.stat().st_size == 0:
+        how = (f"killed by {signal.Signals(-run.returncode).name}" if run.returncode < 0
+               else f"exit code {run.returncode}")
+        said = [l for l in (run.stderr + run.stdout).splitlines() if l.strip()]
+        raise UserError(f"ONNX conversion of {prefix}.json failed ({how}): {said[-1].strip()[:300] if said else 'no output'}"
+                        "; export with --format paddle to keep the Paddle static graph only")
 
 
 def sample_frames(paths, full_size=(3384, 1710), seed: int = 0) -> list[np.ndarray]:

@@ -68,7 +68,9 @@ class OnnxRunner:
 
 class PaddleInferenceRunner:
     """Paddle Inference predictor. On CPU oneDNN runs with its placement pass removed (Paddle 3.3
-    fails in that pass on these graphs); on GPU it runs on the card."""
+    fails in that pass on these graphs); on GPU it runs on the card. Creating one changes a global
+    setting of the process: later dygraph training there differs in the 5th digit (measured, any
+    config), so a process that exports or serves should not go on to train."""
 
     def __init__(self, model_file: Path, params_file: Path, threads: int | None = None):
         from paddle import inference

@@ -58,8 +58,10 @@ class Member:
 
 def model_label(model_cfg) -> str:
     """'deeplabv3p ResNet50_vd os8', 'unet', 'lite width 16': a model section in a few words."""
-    if model_cfg.name == "deeplabv3p":
-        return f"deeplabv3p {model_cfg.backbone} os{model_cfg.output_stride}"
+    if model_cfg.name in ("deeplabv3p", "fcn"):
+        return f"{model_cfg.name} {model_cfg.backbone} os{model_cfg.output_stride}"
+    if model_cfg.name == "paddleseg":
+        return f"paddleseg {model_cfg.type}"
     return f"lite width {model_cfg.width}" if model_cfg.name == "lite" else model_cfg.name
 
 
