@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # paddle-lane: one entry point. Every verb sets up .venv when it is missing or stale.
 #   ./run.sh setup | demo | test | prepare | train | infer | evaluate | validate | video | visualdl
+#   ./run.sh report | compare | export | serve | worker | client
 #   ./run.sh mutate [MODULE ...]   mutation score of the trusted modules (installs requirements-dev.lock)
 # Environment:
 #   PADDLE_LANE_PADDLE   pip spec for Paddle (default: the CPU pin in requirements.lock),

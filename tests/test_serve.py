@@ -362,3 +362,37 @@ def test_a_request_read_by_a_dead_worker_is_taken_over(assets, redis_server):
     # the dead worker coming back late cannot answer again: its acknowledgement finds nothing
     assert live.answer(entries[0][0], "a", 200, "x", b"late") is False
     assert rclient.llen(RESULT + "a") == 0 and rclient.xlen(STREAM) == 0
+
+
+def test_redis_going_away_is_503_not_500(assets, tmp_path):
+    """A web process whose Redis is unreachable answers 503 with Retry-After and is not ready."""
+    from fastapi.testclient import TestClient
+    from paddle_lane.serve.app import create_app
+    from paddle_lane.serve.settings import ServeSettings
+    settings = ServeSettings(model=str(assets["export"]), redis=f"redis://127.0.0.1:{free_port()}/0", timeout_s=5)
+    with TestClient(create_app(settings)) as client:
+        r = client.post("/v1/segment", files={"image": ("a.jpg", assets["files"][0].read_bytes())})
+        assert r.status_code == 503 and r.headers["retry-after"] == "1"
+        assert "queue is unreachable" in r.json()["error"] or "queue failed" in r.json()["error"]
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["reason"] == "redis unreachable"
+
+
+def test_a_worker_whose_redis_dies_stops_with_one_line(assets, redis_server):
+    """Redis gone for the whole give-up window: exit 3 with one line, not a traceback or a hang."""
+    url_redis, rclient = redis_server
+    from paddle_lane.serve.queue import Worker
+    from paddle_lane.serve.settings import ServeSettings
+    from paddle_lane.deploy.runtime import export_predictor
+    worker = Worker(ServeSettings(model=str(assets["export"]), redis=url_redis), export_predictor(assets["export"]))
+    worker.ensure_group()
+    import redis
+    try:
+        rclient.shutdown(nosave=True)
+    except redis.ConnectionError:  # the server closes the connection as it goes
+        pass
+    said = []
+    t0 = time.monotonic()
+    assert worker.run(log=said.append, give_up_s=2) == 3
+    assert time.monotonic() - t0 < 30
+    assert said[-1].endswith("stopping (requests it held are taken over by other workers)") and "unreachable for 2 s" in said[-1]

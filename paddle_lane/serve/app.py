@@ -67,7 +67,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         state["info"] = read_deploy(settings.model)
         if settings.redis:
             from paddle_lane.serve.queue import RedisQueue
-            state["queue"] = RedisQueue(settings.redis, settings.max_queue, settings.result_ttl_s)
+            state["queue"] = RedisQueue(settings.redis, settings.max_queue, settings.result_ttl_s, settings.timeout_s)
             state["geometry"] = _geometry(state["info"])
         else:
             import_runtime_keeping_signals()
@@ -137,7 +137,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
             return error(exc.status, exc.message, f"http_{exc.status}")
         try:
             if state["queue"] is not None:
-                return await _via_redis(data, fmt)
+                try:
+                    return await _via_redis(data, fmt)
+                except (OSError, ConnectionError, TimeoutError) as exc:
+                    raise Overloaded(f"the request queue is unreachable ({type(exc).__name__})") from None
+                except Exception as exc:
+                    if type(exc).__module__.startswith("redis"):  # RedisError and its kinds: the queue, not the input
+                        raise Overloaded(f"the request queue failed ({type(exc).__name__})") from None
+                    raise
             return await _local(data, fmt)
         except BadInput as exc:
             return error(exc.status, exc.message, f"http_{exc.status}")

@@ -49,9 +49,10 @@ def unpack(data: bytes) -> tuple[int, str, bytes]:
 class RedisQueue:
     """The web process's end: submit an upload, wait for its answer (asyncio)."""
 
-    def __init__(self, url: str, max_queue: int, result_ttl_s: int):
+    def __init__(self, url: str, max_queue: int, result_ttl_s: int, timeout_s: float = 30.0):
         import redis.asyncio as aioredis
-        self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=None)
+        # every call is bounded: a BLPOP waits at most timeout_s, so the socket may wait a little longer
+        self.redis = aioredis.Redis.from_url(url, socket_connect_timeout=5, socket_timeout=timeout_s + 10)
         self.max_queue, self.result_ttl_s = max_queue, result_ttl_s
 
     async def ping(self) -> bool:
@@ -150,14 +151,31 @@ class Worker:
         self.answered += answered
         return answered
 
-    def run(self, log=print) -> int:
-        self.ensure_group()
+    def run(self, log=print, give_up_s: float = 60.0) -> int:
+        """Serve until stopped; Redis unreachable for give_up_s in a row is one line and exit 3."""
+        import redis
         log(f"worker {self.consumer}: reading {STREAM} as group {GROUP} on {self.settings.redis} "
             f"(batches of up to {self.settings.batch_for(self.predictor.device)})")
+        down_since, grouped = None, False
         while not self.stopping:
-            entries = self.next_batch()
-            if entries:
-                self.process(entries)
+            try:
+                if not grouped:
+                    self.ensure_group()
+                    grouped = True
+                entries = self.next_batch()
+                if entries:
+                    self.process(entries)
+                down_since = None
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                now = time.monotonic()
+                if down_since is None:
+                    down_since = now
+                    log(f"worker {self.consumer}: Redis unreachable ({exc}); retrying for {give_up_s:.0f} s")
+                if now - down_since > give_up_s:
+                    log(f"worker {self.consumer}: Redis at {self.settings.redis} unreachable for {give_up_s:.0f} s; "
+                        "stopping (requests it held are taken over by other workers)")
+                    return 3
+                time.sleep(1.0)
         log(f"worker {self.consumer}: stopped after answering {self.answered} request(s)")
         return 0
 
