@@ -258,3 +258,22 @@ def test_member_labels_name_the_architecture(opts, label):
     """What deploy.yml's `arch`, the infer member list and manifests say of a model."""
     from paddle_lane.infer.predictor import model_label
     assert model_label(load_config(CONFIG, OPTS + opts).model) == label
+
+
+def test_video_from_an_export(exported, frames, tmp_path, capsys):
+    """`video --checkpoint EXPORT` (no --config): every frame of the input comes out annotated."""
+    import cv2
+    out, _ = exported
+    src = tmp_path / "in.mp4"
+    writer = cv2.VideoWriter(str(src), cv2.VideoWriter_fourcc(*"mp4v"), 5.0, (W, H))
+    for p in frames * 2:
+        writer.write(cv2.cvtColor(read_image(p), cv2.COLOR_RGB2BGR))
+    writer.release()
+    assert commands.run_video(None, [], str(out), str(src), str(tmp_path / "out.mp4"), backend="onnxruntime") == 0
+    assert "[onnxruntime]" in capsys.readouterr().out
+    cap = cv2.VideoCapture(str(tmp_path / "out.mp4"))
+    count = 0
+    while cap.read()[0]:
+        count += 1
+    cap.release()
+    assert count == 2 * len(frames)
