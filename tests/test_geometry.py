@@ -186,3 +186,17 @@ def test_decode_image_from_bytes_and_its_errors(tmp_path):
         decode_image(b"\xff\xd8\xff\xe0" + b"\x00" * 100)
     with pytest.raises(ValueError, match="reduce must be 1, 2, 4 or 8, got 3"):
         decode_image(path.read_bytes(), 3)
+
+
+def test_errors_name_their_source_and_small_weights_normalise(tmp_path):
+    from data_prep.label_io import UnreadableFileError
+    cut = tmp_path / "cut.jpg"
+    Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(cut, quality=90)
+    cut.write_bytes(cut.read_bytes()[:-40])
+    with pytest.raises(UnreadableFileError, match=rf"^{cut}: truncated JPEG"):
+        geo.inputs_from_file(str(cut), [(12, 8)], 4, (24, 20))
+    with pytest.raises(UnreadableFileError, match=r"^upload: truncated JPEG"):
+        geo.inputs_from_bytes(cut.read_bytes(), [(12, 8)], 4, (24, 20), "upload")
+    with pytest.raises(ValueError, match=r"^upload: image height 20 is not above data.crop_offset 20$"):
+        geo.inputs_from_bytes(cut.read_bytes(), [(12, 8)], 20, (24, 20), "upload")
+    assert geo.normalize_weights([0.5, 0.25], 2) == pytest.approx([2 / 3, 1 / 3])

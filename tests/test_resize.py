@@ -180,3 +180,12 @@ def test_argmax_full_size_takes_half_precision_scores():
     half = argmax_full_size(probs.astype(np.float16), 0, (10, 8))
     full = argmax_full_size(probs.astype(np.float16).astype(np.float32), 0, (10, 8))
     np.testing.assert_array_equal(half, full)
+
+
+def test_label_vote_on_a_tall_source():
+    """3 wide, 9 tall -> 1 x 3: both sides shrink (the height stays above the source width), so
+    each 3x3 block votes: columns 3, 5, 3 give 3 where the centre column would give 5."""
+    from data_prep.resize import resize_label
+    ids = np.array([[3, 5, 3]] * 9, np.uint8)
+    assert resize_label(ids, (1, 3), "vote").tolist() == [[3]] * 3
+    assert resize_label(ids, (1, 3), "nearest").tolist() == [[5]] * 3
