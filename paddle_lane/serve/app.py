@@ -24,8 +24,8 @@ from starlette.concurrency import run_in_threadpool
 
 from paddle_lane.serve import metrics
 from paddle_lane.serve.batcher import MicroBatcher, Overloaded
-from paddle_lane.serve.frames import (FORMATS, IMAGE_TYPES, BadInput, check_format, decode_upload, inspect_upload,
-                                     model_inputs, render)
+from paddle_lane.serve.frames import (FORMATS, IMAGE_TYPES, BadInput, check_format, inspect_upload, model_inputs,
+                                     render_answer)
 from paddle_lane.serve.settings import ServeSettings
 
 RETRY_AFTER_S = 1
@@ -132,7 +132,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         try:
             check_format(fmt)
             data = await _read_upload(request, max_bytes)
-            inspect_upload(data, max_bytes, settings.max_pixels, state["geometry"])
+            full_size = inspect_upload(data, max_bytes, settings.max_pixels, state["geometry"])
         except BadInput as exc:
             return error(exc.status, exc.message, f"http_{exc.status}")
         try:
@@ -145,26 +145,21 @@ def create_app(settings: ServeSettings) -> FastAPI:
                     if type(exc).__module__.startswith("redis"):  # RedisError and its kinds: the queue, not the input
                         raise Overloaded(f"the request queue failed ({type(exc).__name__})") from None
                     raise
-            return await _local(data, fmt)
+            return await _local(data, full_size, fmt)
         except BadInput as exc:
             return error(exc.status, exc.message, f"http_{exc.status}")
         except Overloaded as exc:
             return error(503, f"overloaded: {exc}; retry later", "overloaded", {"Retry-After": str(RETRY_AFTER_S)})
 
-    async def _local(data: bytes, fmt: str) -> Response:
+    async def _local(data: bytes, full_size: tuple[int, int], fmt: str) -> Response:
         predictor = state["predictor"]
-
-        full_size = inspect_upload(data, len(data), settings.max_pixels, state["geometry"])
         inputs = await run_in_threadpool(model_inputs, predictor, data, full_size)
         try:
             probs = await asyncio.wait_for(state["batcher"].submit(inputs), settings.timeout_s)
         except asyncio.TimeoutError:
             return error(504, f"no answer within {settings.timeout_s} s", "timeout")
-
-        def finish():
-            ids = predictor.to_train_ids(probs, full_size)
-            return render(ids, fmt, predictor.scheme, decode_upload(data) if fmt == "overlay" else None)
-        return Response(await run_in_threadpool(finish), media_type=FORMATS[fmt])
+        body = await run_in_threadpool(render_answer, predictor, probs, data, full_size, fmt)
+        return Response(body, media_type=FORMATS[fmt])
 
     async def _via_redis(data: bytes, fmt: str) -> Response:
         queue = state["queue"]

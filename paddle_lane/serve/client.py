@@ -24,6 +24,7 @@ def post_image(client, url: str, path: str, retries: int, timeout_s: float) -> b
     kind = "image/png" if data[:4] == b"\x89PNG" else "image/jpeg"
     last = ""
     for attempt in range(retries):
+        wait = 0.0
         try:
             r = client.post(f"{url}/v1/segment", params={"format": "png"}, content=data,
                             headers={"content-type": kind}, timeout=timeout_s)
@@ -36,9 +37,8 @@ def post_image(client, url: str, path: str, retries: int, timeout_s: float) -> b
             if r.status_code not in RETRY_STATUS:
                 break
             wait = float(r.headers.get("retry-after", 0) or 0)
+        if attempt + 1 < retries:  # backoff between attempts, none after the last
             time.sleep(max(wait, min(8.0, 0.25 * 2 ** attempt)))
-            continue
-        time.sleep(min(8.0, 0.25 * 2 ** attempt))
     raise RuntimeError(f"{path}: {last}")
 
 

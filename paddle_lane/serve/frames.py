@@ -91,6 +91,13 @@ def class_counts(train_ids: np.ndarray, scheme) -> dict:
             "lane_fraction": float(counts[1:].sum() / total) if total else 0.0}
 
 
+def render_answer(predictor, probs: np.ndarray, data: bytes, full_size: tuple[int, int], fmt: str) -> bytes:
+    """The body for one prediction: full-size ids rendered in `fmt` (the upload is decoded whole
+    only for an overlay)."""
+    ids = predictor.to_train_ids(probs, full_size)
+    return render(ids, fmt, predictor.scheme, decode_upload(data) if fmt == "overlay" else None)
+
+
 def render(train_ids: np.ndarray, fmt: str, scheme, rgb: np.ndarray | None = None) -> bytes:
     """The answer body: the submission PNG (Apollo ids, as infer writes it), JSON counts, or an overlay JPEG."""
     if fmt == "png":

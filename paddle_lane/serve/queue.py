@@ -121,7 +121,7 @@ class Worker:
 
     def process(self, entries: list) -> int:
         """Predict a batch of entries and answer each; returns how many were answered."""
-        from paddle_lane.serve.frames import FORMATS, BadInput, check_format, decode_upload, inspect_upload, model_inputs, render
+        from paddle_lane.serve.frames import FORMATS, BadInput, check_format, inspect_upload, model_inputs, render_answer
         from paddle_lane.serve.metrics import BATCH_SECONDS, BATCH_SIZE
         p, s = self.predictor, self.settings
         ready, answered = [], 0
@@ -145,9 +145,8 @@ class Worker:
             BATCH_SIZE.observe(len(ready))
             BATCH_SECONDS.observe(time.perf_counter() - t0)
             for (entry_id, rid, fmt, data, full_size, _), prob in zip(ready, probs):
-                ids = p.to_train_ids(prob, full_size)
-                rgb = decode_upload(data) if fmt == "overlay" else None
-                answered += self.answer(entry_id, rid, 200, FORMATS[fmt], render(ids, fmt, p.scheme, rgb))
+                body = render_answer(p, prob, data, full_size, fmt)
+                answered += self.answer(entry_id, rid, 200, FORMATS[fmt], body)
         self.answered += answered
         return answered
 
