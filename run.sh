@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # paddle-lane: one entry point. Every verb sets up .venv when it is missing or stale.
 #   ./run.sh setup | demo | test | prepare | train | infer | evaluate | validate | video | visualdl
-#   ./run.sh report | compare | export | serve | worker | client
+#   ./run.sh report | compare | export | serve | worker | client | doctor
 #   ./run.sh mutate [MODULE ...]   mutation score of the trusted modules (installs requirements-dev.lock)
 # Environment:
 #   PADDLE_LANE_PADDLE   pip spec for Paddle (default: the CPU pin in requirements.lock),
@@ -14,7 +14,7 @@ VENV="$ROOT/.venv"
 STAMP="$VENV/.paddle-lane-setup"
 
 want_stamp() {
-  { cat "$ROOT/requirements.lock" "$ROOT/requirements-nodeps.lock" "$ROOT/pyproject.toml"; echo "${PADDLE_LANE_PADDLE:-}"; } | sha256sum | cut -d' ' -f1
+  { cat "$ROOT/requirements.lock" "$ROOT/requirements-nodeps.lock" "$ROOT/requirements-test.lock" "$ROOT/pyproject.toml"; echo "${PADDLE_LANE_PADDLE:-}"; } | sha256sum | cut -d' ' -f1
 }
 
 setup() {
@@ -41,6 +41,8 @@ setup() {
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check "${extra[@]}" -r "$reqs"
   # paddleseg's declared opencv pin conflicts with numpy 2 (see requirements-nodeps.lock)
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps --no-warn-conflicts -r "$ROOT/requirements-nodeps.lock"
+  # test tools: in .venv, not in the images (they install requirements.lock alone)
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-warn-conflicts -r "$ROOT/requirements-test.lock"
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check --no-deps -e "$ROOT"
   want_stamp > "$STAMP"
   echo "[setup] ready: $VENV" >&2

@@ -305,6 +305,11 @@ def cmd_evaluate(args, argv) -> int:
     return run_evaluate(args.pred, args.gt, args.scheme, args.workers, args.report, allow_partial=args.allow_partial)
 
 
+def cmd_doctor(args, argv) -> int:
+    from paddle_lane.doctor import run_doctor
+    return run_doctor(args.scheme)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="paddle-lane", description=__doc__, epilog=EPILOG)
     parser.add_argument("--debug", action="store_true",
@@ -465,6 +470,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=8040)
     p.add_argument("--language", default="en", choices=["en", "zh"])
     p.set_defaults(func=cmd_visualdl)
+
+    p = sub.add_parser("doctor", help="check this installation: backends import, package data, one forward pass each")
+    p.add_argument("--scheme", default="apollo8", help="label scheme to load")
+    p.set_defaults(func=cmd_doctor)
     return parser
 
 

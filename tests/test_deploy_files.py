@@ -209,17 +209,24 @@ def test_gpu_dockerfile_structure():
     lock = (ROOT / "requirements.lock").read_text()
     pin = re.search(r"^paddlepaddle==(\S+)$", lock, re.M).group(1)
     base = from_image("Dockerfile.gpu", stage)
-    assert re.fullmatch(rf"paddlepaddle/paddle:{re.escape(pin)}-gpu-cuda[\d.]+-cudnn[\d.]+\S*", base), \
-        f"base {base} is not the Paddle GPU image of the locked paddlepaddle {pin}"
-    assert "must match" in (DEPLOY / "Dockerfile.gpu").read_text() and "CUDA" in (DEPLOY / "Dockerfile.gpu").read_text()
+    # A tag of the shape Paddle documents (its registry, CUDA, cuDNN and TensorRT in the tag), cited in deploy/README.md
+    assert re.fullmatch(r"ccr-2vdh3abv-pub\.cnc\.bj\.baidubce\.com/paddlepaddle/paddle:[\d.]+-gpu-cuda[\d.]+-cudnn[\d.]+-trt[\d.]+",
+                        base), base
+    assert base in (DEPLOY / "README.md").read_text(), "deploy/README.md cites the base tag"
+    assert "must be supported" in (DEPLOY / "Dockerfile.gpu").read_text() and "CUDA" in (DEPLOY / "Dockerfile.gpu").read_text()
     runs = " && ".join(instructions(stage, "RUN"))
+    # The lock's Paddle version as paddlepaddle-gpu from Paddle's index, checked after the install; Python 3.11 asserted.
+    assert re.search(r'pip install "paddlepaddle-gpu==\$\{pin\}" -i "\$\{PADDLE_INDEX\}"', runs), runs
+    assert "sys.version_info[:2] == (3, 11)" in runs and "m.version('paddlepaddle-gpu')" in runs
+    assert re.search(r"paddlepaddle\.org\.cn/packages/stable/cu\d+/", (DEPLOY / "Dockerfile.gpu").read_text())
     # The CPU paddlepaddle line is filtered out of the lock, and only that line.
     m = re.search(r"grep -v '([^']+)' requirements\.lock > (\S+)", runs)
     assert m, "requirements.lock is filtered with grep -v"
     dropped = [line for line in lock.splitlines() if re.search(m.group(1), line)]
     assert dropped == [f"paddlepaddle=={pin}"], dropped
-    steps = [rf"pip install -r {re.escape(m.group(2))}", r"pip install --no-deps -r requirements-nodeps\.lock",
-             r"pip install --no-deps \.(\s|$)"]
+    steps = [r'pip install "paddlepaddle-gpu==', rf"pip install -r {re.escape(m.group(2))}",
+             r"pip install --no-deps -r requirements-nodeps\.lock", r"m\.version\('paddlepaddle-gpu'\)",
+             r"sh pip-check\.sh", r"pip install --no-deps \.(\s|$)"]
     positions = [re.search(step, runs) for step in steps]
     assert all(positions) and [p.start() for p in positions] == sorted(p.start() for p in positions), runs
     env = stage_env(stage)
