@@ -89,5 +89,6 @@ case "$verb" in
     awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0" ;;
   *)
     ensure_setup
-    exec "$VENV/bin/paddle-lane" "$verb" "$@" ;;
+    # the name the user typed, so printed hints (e.g. the command that resumes a run) can be pasted back
+    PADDLE_LANE_PROG="${PADDLE_LANE_PROG:-$0}" exec "$VENV/bin/paddle-lane" "$verb" "$@" ;;
 esac

@@ -17,7 +17,7 @@ from tqdm import tqdm
 
 from data_prep.procs import die_with_parent
 from data_prep.errors import UserError
-from data_prep.cache import build_entry, cache_dir, write_cache_key
+from data_prep.cache import build_entry, cache_dir, cached_paths, write_cache_key
 from data_prep.frame_stats import measure_frame, measure_image
 from data_prep.io_utils import atomic_write_json, atomic_write_with
 from data_prep.labels import load_scheme
@@ -118,20 +118,49 @@ def _write_csv(df: pd.DataFrame, path: Path) -> None:
     atomic_write_with(path, lambda tmp: df.to_csv(tmp, index=False))
 
 
+def _cache_jobs(df: pd.DataFrame, folder: Path, cfg, scheme, size: tuple[int, int]) -> list[tuple]:
+    """build_entry's arguments for every frame of a list, at one stage size."""
+    lut = scheme.train_lut(cfg.data.ignore_policy)
+    return [(r.key, r.image, r.label, str(folder), scheme, lut,
+             crop_rows(cfg.data.crop_offset, cfg.data.frame_height, int(r.height)), size,
+             cfg.data.label_resize, (int(r.width), int(r.height))) for r in df.itertuples()]
+
+
+def refresh_cache(df: pd.DataFrame, lists_dir: Path, cfg, scheme) -> dict[str, dict]:
+    """Before training: in each stage cache that exists, rebuild the entries whose source files
+    changed since they were made (size and mtime stamps; an edited label must not be trained on
+    from its stale copy). An entry that cannot be rebuilt is removed, so training reads the
+    source. Returns {size: counts} for the sizes where anything was rebuilt or removed."""
+    summary = {}
+    for stage in cfg.stages:
+        size = (stage.width, stage.height)
+        folder = cache_dir(lists_dir, cfg.data.crop_offset, size, scheme, cfg.data.ignore_policy,
+                           cfg.data.label_resize)
+        if not folder.is_dir():
+            continue
+        counts = {"written": 0, "reused": 0, "rebuilt": 0, "error": 0}
+        for job in _cache_jobs(df, folder, cfg, scheme, size):
+            res = build_entry(job)
+            counts[res["status"]] += 1
+            if res["status"] == "error":
+                for path in cached_paths(folder, job[0]):
+                    path.unlink(missing_ok=True)
+        if counts["rebuilt"] or counts["written"] or counts["error"]:
+            summary[f"{size[0]}x{size[1]}"] = counts
+    return summary
+
+
 def build_cache(df: pd.DataFrame, lists_dir: Path, cfg, scheme, workers: int, problems: list[dict]) -> dict:
     """Write (or reuse) the resized cache for every stage size of the config; each frame that
     could not be cached is added to problems with its reason (training then reads it full size)."""
     summary = {}
-    lut = scheme.train_lut(cfg.data.ignore_policy)
     for stage in cfg.stages:
         size = (stage.width, stage.height)
         folder = cache_dir(lists_dir, cfg.data.crop_offset, size, scheme, cfg.data.ignore_policy,
                            cfg.data.label_resize)
         folder.mkdir(parents=True, exist_ok=True)
         write_cache_key(folder, cfg.data.crop_offset, size, scheme, cfg.data.ignore_policy, cfg.data.label_resize)
-        jobs = [(r.key, r.image, r.label, str(folder), scheme, lut,
-                 crop_rows(cfg.data.crop_offset, cfg.data.frame_height, int(r.height)), size,
-                 cfg.data.label_resize, (int(r.width), int(r.height))) for r in df.itertuples()]
+        jobs = _cache_jobs(df, folder, cfg, scheme, size)
         counts = {"written": 0, "reused": 0, "rebuilt": 0, "error": 0}
         for res in parallel_map(build_entry, jobs, workers, f"cache {size[0]}x{size[1]}"):
             counts[res["status"]] += 1

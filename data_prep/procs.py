@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import ctypes
 import itertools
+import math
 import os
+import select
 import signal
 import sys
 import threading
@@ -15,10 +17,23 @@ PR_SET_PDEATHSIG = 1  # linux/prctl.h
 EXIT_STALLED = 4
 
 
+_forked_from: int | None = None  # in a forked child: the PID of the process that forked it
+
+
+def _note_forking_process() -> None:
+    global _forked_from
+    _forked_from = os.getpid()  # runs in the parent just before fork; the child keeps the value
+
+
+os.register_at_fork(before=_note_forking_process)
+
+
 def die_with_parent(_worker_id: int | None = None) -> None:
     """Ask the kernel to SIGKILL this process when its parent dies (SIGKILL of the parent
-    included, which no handler sees). Use as a worker initialiser; a no-op off Linux."""
-    parent = os.getppid()
+    included, which no handler sees). Use as a worker initialiser; a no-op off Linux. A parent
+    that died before the request took effect is noticed by comparing with the PID that forked
+    this process (recorded at fork: asking getppid() here would already name the new parent)."""
+    parent = _forked_from if _forked_from is not None else os.getppid()
     if sys.platform.startswith("linux"):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
@@ -26,28 +41,72 @@ def die_with_parent(_worker_id: int | None = None) -> None:
         os._exit(1)
 
 
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def loader_worker(worker_id: int | None = None) -> None:
+    """Initialiser of a DataLoader worker: it dies with its parent and ignores SIGTERM/SIGINT.
+    A signal to the whole process group (SLURM, systemd, Ctrl-C) then reaches only the parent,
+    which owns shutdown (checkpoint, then it ends its workers), instead of killing the workers
+    under it. Workers start with both signals held (start_loader), released once ignored."""
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, set(STOP_SIGNALS))
+    die_with_parent(worker_id)
+
+
+def start_loader(loader: Iterable) -> Iterator:
+    """iter(loader) with SIGTERM/SIGINT held while its worker processes are forked, so a group
+    signal in that window waits in the parent instead of killing a worker before loader_worker ran."""
+    if threading.current_thread() is not threading.main_thread():
+        return iter(loader)
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, set(STOP_SIGNALS))
+    try:
+        return iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
 class StallWatchdog:
     """Ends the process with one line and exit code 4 when an armed wait outlasts `timeout`.
 
     A data loader worker that deadlocks blocks the main thread inside Paddle's C++ queue, where
     no exception can reach it; this thread sees the wait is too long, says what was awaited,
-    and exits (loader workers follow through die_with_parent). timeout <= 0 disables it."""
+    and exits (loader workers follow through die_with_parent). timeout <= 0 disables it.
 
-    def __init__(self, timeout: float, hint: str = ""):
+    With `on_signal`, a SIGTERM/SIGINT that arrives during an armed wait and is still unanswered
+    `signal_grace` s later (the main thread is blocked, so its Python handler cannot run) is
+    passed to `on_signal(signum)` on this thread, which is expected to end the process. Python
+    writes each caught signal's number to a wakeup fd at once, from C: that is how it is seen."""
+
+    def __init__(self, timeout: float, hint: str = "", on_signal: Callable[[int], None] | None = None,
+                 signal_grace: float = 3.0):
         self.timeout, self.hint = float(timeout), hint
+        self.on_signal, self.signal_grace = on_signal, signal_grace
         self._deadline: float | None = None
+        self._armed_at, self._arm_count = 0.0, 0
         self._context = ""
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread = None
-        if self.timeout > 0:
+        self._pipe: tuple[int, int] | None = None
+        self._previous_fd = -1
+        if on_signal is not None and threading.current_thread() is threading.main_thread():
+            r, w = os.pipe()
+            os.set_blocking(r, False)
+            os.set_blocking(w, False)
+            self._previous_fd = signal.set_wakeup_fd(w, warn_on_full_buffer=False)
+            self._pipe = (r, w)
+        if self.timeout > 0 or self._pipe is not None:
             self._thread = threading.Thread(target=self._watch, name="stall-watchdog", daemon=True)
             self._thread.start()
 
     def arm(self, context: str) -> None:
         """A wait starts; `context` says what is awaited (stage, iteration, files)."""
         with self._lock:
-            self._deadline, self._context = time.monotonic() + self.timeout, context
+            self._deadline = time.monotonic() + self.timeout if self.timeout > 0 else math.inf
+            self._context, self._armed_at = context, time.monotonic()
+            self._arm_count += 1
 
     def disarm(self) -> None:
         with self._lock:
@@ -55,23 +114,58 @@ class StallWatchdog:
 
     def close(self) -> None:
         self._closed.set()
+        if self._pipe is not None:
+            if threading.current_thread() is threading.main_thread():
+                signal.set_wakeup_fd(self._previous_fd)
+            for fd in self._pipe:
+                os.close(fd)
+            self._pipe = None
+
+    def _signals_arrived(self, wait: float) -> list[int]:
+        """Stop signals written to the wakeup fd within `wait` s (sleeps `wait` s without a pipe)."""
+        pipe = self._pipe
+        if pipe is None:
+            self._closed.wait(wait)
+            return []
+        try:
+            ready, _, _ = select.select([pipe[0]], [], [], wait)
+            data = os.read(pipe[0], 512) if ready else b""
+        except (OSError, ValueError):  # closed meanwhile
+            return []
+        return [b for b in data if b in STOP_SIGNALS]
 
     def _watch(self) -> None:
-        while not self._closed.wait(min(1.0, self.timeout / 4)):
+        tick = min(1.0, self.timeout / 4) if self.timeout > 0 else 0.5
+        pending: tuple[int, int, float] | None = None  # (signum, arm count, seen at)
+        while not self._closed.is_set():
+            arrived = self._signals_arrived(tick)
+            if self._closed.is_set():
+                return
+            now = time.monotonic()
             with self._lock:
-                late = self._deadline is not None and time.monotonic() > self._deadline
+                armed, count = self._deadline is not None, self._arm_count
+                late = armed and now > self._deadline
                 context = self._context
+            if arrived and armed and pending is None:
+                pending = (arrived[0], count, now)
+            if pending is not None and (not armed or pending[1] != count):
+                pending = None  # the main thread got past that wait: its own handler acts
+            if pending is not None and now - pending[2] >= self.signal_grace:
+                self.on_signal(pending[0])
+                os._exit(128 + pending[0])  # on_signal is expected to end the process itself
             if late:
                 print(f"\nerror: {context}: nothing arrived for {self.timeout:.0f} s (a data loader worker stalled)"
                       f"{'; ' + self.hint if self.hint else ''}", file=sys.stderr, flush=True)
                 os._exit(EXIT_STALLED)
 
 
-def watched(items: Iterable, timeout: float, awaited: Callable[[int], str], hint: str = "") -> Iterator:
+def watched(items: Iterable, timeout: float, awaited: Callable[[int], str], hint: str = "",
+            on_signal: Callable[[int], None] | None = None) -> Iterator:
     """The items of an iterator (a DataLoader's batches), each awaited under a StallWatchdog:
-    `awaited(k)` says what item k is (called once per item, in order) for the one-line error."""
-    watchdog = StallWatchdog(timeout, hint)
-    it = iter(items)
+    `awaited(k)` says what item k is (called once per item, in order) for the one-line error.
+    `on_signal`: see StallWatchdog (a stop signal during a stalled wait)."""
+    watchdog = StallWatchdog(timeout, hint, on_signal)
+    it = start_loader(items)
     try:
         for k in itertools.count():
             watchdog.arm(awaited(k))

@@ -15,6 +15,7 @@ signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
 
 import argparse
 import os
+import time
 import traceback
 import warnings
 
@@ -36,8 +37,10 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
 
 
 def cmd_prepare(args, argv) -> int:
+    from data_prep.folder_lock import hold_folder
     from data_prep.prepare import prepare, summary_table
     cfg = load_config(args.config, args.opts)
+    hold_folder(args.out, "prepare")
     if args.cache:
         cfg.prepare.cache = True
     res = prepare(args.data_root, args.out, cfg, workers=args.workers, test_dir=args.test_dir)
@@ -45,12 +48,26 @@ def cmd_prepare(args, argv) -> int:
     return 0
 
 
-def _launch_distributed(args, argv: list[str], log_dir: str | None = None) -> int:
-    """Re-run this command under paddle.distributed.launch (one process per card/CPU slot)."""
+LAUNCH_STOP_GRACE_S = 600  # after a stop signal, how long the ranks may take to checkpoint
+
+
+def _launch_distributed(args, argv: list[str], log_dir: str | None = None, resume_hint: str | None = None) -> int:
+    """Re-run this command under paddle.distributed.launch (one process per card/CPU slot).
+
+    The launcher runs in its own session and its ranks in theirs (Paddle's choice), so a signal
+    to this process group (SLURM, systemd, Ctrl-C) reaches this process only: it passes SIGTERM
+    or SIGINT on to every rank, which agree on the iteration, checkpoint and exit, and then
+    prints the one line to continue. Paddle's launcher is not signalled (a second signal makes
+    it kill the ranks after 10 s). The launcher dies with this process, and each rank with the
+    launcher (PR_SET_PDEATHSIG), so nothing outlives a kill -9."""
     import subprocess
     from pathlib import Path
+    import psutil
+    from data_prep.procs import die_with_parent, stop_child
+    training = getattr(args, "verb", None) == "train"
+    out = Path(load_config(args.config, args.opts).train.output_dir) if training else None
     if log_dir is None:
-        log_dir = str(Path(load_config(args.config, args.opts).train.output_dir) / "launch_logs")
+        log_dir = str(out / "launch_logs")
     ips = getattr(args, "ips", None)
     launch = [sys.executable, "-m", "paddle.distributed.launch", "--log_dir", log_dir]
     if args.gpus:
@@ -62,18 +79,57 @@ def _launch_distributed(args, argv: list[str], log_dir: str | None = None) -> in
     inner = [a for a in argv if a not in ("--gpus", "--nproc", "--ips") and a not in (args.gpus, str(args.nproc), ips)]
     cmd = launch + [str(Path(__file__).resolve())] + inner
     env = dict(os.environ, PADDLE_LANE_LAUNCHED="1")
-    from data_prep.procs import die_with_parent, stop_child
+    if resume_hint:
+        env["PADDLE_LANE_RESUME_CMD"] = resume_hint
+    received: list[int] = []
+    first_at: list[float] = []  # when the first stop signal came
 
-    def stop(signum, _frame):  # the finally below passes it on to the launcher
-        raise SystemExit(128 + signum)
+    def ranks() -> list:
+        try:
+            return psutil.Process(proc.pid).children()
+        except psutil.NoSuchProcess:
+            return []
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
-    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent)
+    def pass_on(signum, _frame):
+        received.append(signum)
+        first_at[:] = first_at or [time.monotonic()]
+        for rank in ranks():
+            try:
+                rank.send_signal(signum)
+            except psutil.NoSuchProcess:
+                pass
+
+    proc = subprocess.Popen(cmd, env=env, preexec_fn=die_with_parent, start_new_session=True)
+    signal.signal(signal.SIGTERM, pass_on)
+    signal.signal(signal.SIGINT, pass_on)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM, signal.SIGINT})
     try:
-        return proc.wait()
-    finally:  # stopped (SIGTERM, Ctrl-C): the launcher passes it on to every rank, which checkpoint
-        stop_child(proc, grace=120)
+        while True:
+            try:
+                rc = proc.wait(timeout=1)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if first_at and time.monotonic() - first_at[0] > LAUNCH_STOP_GRACE_S:
+                print(f"error: the ranks did not stop within {LAUNCH_STOP_GRACE_S} s of "
+                      f"{signal.Signals(received[0]).name}; killed", file=sys.stderr)
+                proc.kill()
+                rc = proc.wait()
+                break
+    finally:
+        stop_child(proc, grace=10)
+    if received and training:
+        from paddle_lane.engine.run_dir import stopped_line
+        print(stopped_line(out, signal.Signals(received[0]).name, resume_hint or ""), file=sys.stderr)
+    return 128 + received[0] if received else rc
+
+
+def resume_command(argv: list[str]) -> str:
+    """The command that continues this training run: the user's own, with --resume."""
+    import shlex
+    prog = os.environ.get("PADDLE_LANE_PROG", "paddle-lane")
+    rest = argv[argv.index("train") + 1:] if "train" in argv else argv
+    return shlex.join([prog, "train", "--resume", *[a for a in rest if a not in ("--resume", "--force")]])
 
 
 def parse_gpus(text: str | None) -> list[int]:
@@ -110,17 +166,27 @@ def cmd_train(args, argv: list[str]) -> int:
         gpus = parse_gpus(args.gpus)
         if gpus:
             _check_gpus(gpus, args.device)
+        launched = bool(os.environ.get("PADDLE_LANE_LAUNCHED"))
+        resume_hint = os.environ.get("PADDLE_LANE_RESUME_CMD") or resume_command(argv)
+        if not launched:  # every input is checked before the run folder is claimed
+            from data_prep.folder_lock import hold_folder
+            from paddle_lane.models.download import fetch_weights
+            for key in ("backbone_pretrained", "pretrained"):
+                if getattr(cfg.model, key):
+                    fetch_weights(getattr(cfg.model, key), f"model.{key}")
+            if os.environ.get("PADDLE_TRAINER_ID", "0") == "0":  # under another launcher: rank 0 holds it
+                hold_folder(cfg.train.output_dir, "train")  # one run per folder; our ranks run under this lock
         multi = len(gpus) > 1 or (args.nproc or 1) > 1 or args.ips
-        if multi and not os.environ.get("PADDLE_LANE_LAUNCHED"):
-            return _launch_distributed(args, argv)
+        if multi and not launched:
+            return _launch_distributed(args, argv, resume_hint=resume_hint)
         # one card id selects that card; without --gpus the device follows --device / the launcher
         device = f"gpu:{gpus[0]}" if len(gpus) == 1 else args.device
-        return _train_and_report(cfg, args, device, received)
+        return _train_and_report(cfg, args, device, received, resume_hint)
     finally:
         signal.signal(signal.SIGTERM, previous)
 
 
-def _train_and_report(cfg, args, device, received: list[int]) -> int:
+def _train_and_report(cfg, args, device, received: list[int], resume_hint: str) -> int:
     """Run the trainer; map its ends to exit codes and print one line per stage."""
     from paddle_lane.engine.trainer import Trainer, TrainingInterrupted, TrainingStopped
     # importing Paddle installed its own C-level SIGTERM handler: put ours back, then let a held
@@ -129,10 +195,10 @@ def _train_and_report(cfg, args, device, received: list[int]) -> int:
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     try:
         if received:
-            raise TrainingInterrupted(f"stopped by {signal.Signals(received[0]).name} before training began",
-                                      received[0])
+            raise TrainingInterrupted(f"stopped by {signal.Signals(received[0]).name} before training began; "
+                                      "start again with the same command", received[0])
         trainer = Trainer(cfg, resume=args.resume, device=device, force=args.force,
-                          allow_config_change=args.allow_config_change)
+                          allow_config_change=args.allow_config_change, resume_hint=resume_hint)
         if received:  # arrived while the trainer was being built: it stops before its first step
             trainer.request_stop(received[0])
         results = trainer.run()
@@ -208,6 +274,9 @@ def cmd_infer(args, argv) -> int:
     if args.nproc < 1:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     sharded = len(gpus) > 1 or args.nproc > 1
+    if not os.environ.get("PADDLE_LANE_LAUNCHED"):  # shards run under their launcher's lock
+        from data_prep.folder_lock import hold_folder
+        hold_folder(args.out, "infer")
     if sharded and not os.environ.get("PADDLE_LANE_LAUNCHED"):
         # one process per card (or CPU slot), each predicting its share of the images into the same
         # folder (resumable as one run); the zip and the validation follow once all are done
@@ -484,6 +553,9 @@ def debug_requested(args) -> bool:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if os.environ.get("PADDLE_LANE_LAUNCHED") and os.environ.get("PADDLE_TRAINER_ID") is not None:
+        from data_prep.procs import die_with_parent
+        die_with_parent()  # a rank dies with paddle.distributed.launch, however that ends
     args = build_parser().parse_args(argv)
     debug = debug_requested(args)
     if args.verb != "train":  # only training turns SIGTERM into a checkpoint; elsewhere it ends the process

@@ -9,14 +9,14 @@ import pandas as pd
 import paddle
 
 from paddle_lane.data.transforms import FULL_SIZE, FrameSource, augment, normalize
-from data_prep.procs import die_with_parent
+from data_prep.procs import loader_worker
 
 
 def loader_worker_init(worker_id: int) -> None:
-    """Loader workers die with the trainer. OpenCV is not touched here: its thread count (1)
-    is inherited from the parent (data_prep/__init__.py), and resizing the inherited pool in a
-    forked child is what deadlocked."""
-    die_with_parent(worker_id)
+    """Loader workers die with the trainer and leave SIGTERM/SIGINT to it. OpenCV is not touched
+    here: its thread count (1) is inherited from the parent (data_prep/__init__.py), and resizing
+    the inherited pool in a forked child is what deadlocked."""
+    loader_worker(worker_id)
 
 
 def read_list(path: str | Path, need_labels: bool = True, allow_empty: bool = False) -> pd.DataFrame:

@@ -19,15 +19,17 @@ MODEL_FILE = "model.pdparams"
 OPTIM_FILE = "optimizer.pdopt"
 
 
-def save_checkpoint(folder: str | Path, model, optimizer=None, state: dict | None = None) -> Path:
-    """Write model (+ optimizer, state.json) atomically into `folder` (replacing it)."""
-    folder = Path(folder)
+# what a periodic checkpoint's state.json must hold for a resume
+RESUME_KEYS = ("stage", "iter", "lr", "best_miou", "best_iter", "bad_vals")
+
+
+def _write_folder(folder: Path, fill, state: dict | None) -> Path:
+    """Make `folder` atomically: fill(temp folder) writes the files, then state.json records
+    their digests, then one rename installs it (replacing an older folder of that name)."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
     try:
-        paddle.save(model.state_dict(), str(tmp / MODEL_FILE))
-        if optimizer is not None:
-            paddle.save(portable_optimizer_state(model, optimizer), str(tmp / OPTIM_FILE))
+        fill(tmp)
         files = {p.name: file_digest(p) for p in sorted(tmp.iterdir())}
         (tmp / STATE_FILE).write_text(json.dumps({**(state or {}), "files": files}, indent=2))
         if folder.exists():
@@ -41,6 +43,52 @@ def save_checkpoint(folder: str | Path, model, optimizer=None, state: dict | Non
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return folder
+
+
+def save_checkpoint(folder: str | Path, model, optimizer=None, state: dict | None = None) -> Path:
+    """Write model (+ optimizer, state.json) atomically into `folder` (replacing it)."""
+    def fill(tmp: Path) -> None:
+        paddle.save(model.state_dict(), str(tmp / MODEL_FILE))
+        if optimizer is not None:
+            paddle.save(portable_optimizer_state(model, optimizer), str(tmp / OPTIM_FILE))
+    return _write_folder(Path(folder), fill, state)
+
+
+def copy_weights(source: str | Path, folder: str | Path) -> Path:
+    """A weights-only checkpoint (model + state.json) copied from another one, atomically."""
+    source = Path(source)
+    state = {k: v for k, v in read_state(source).items() if k != "files"}
+    return _write_folder(Path(folder), lambda tmp: shutil.copyfile(source / MODEL_FILE, tmp / MODEL_FILE), state)
+
+
+def reconcile_best(stage_dir: str | Path, state: dict) -> str | None:
+    """Make `stage_dir/best` hold the iteration that `state` (the newest intact checkpoint's)
+    names as best. A kill or a full disk between the periodic save and the best save leaves
+    best/ one validation behind (or damaged, or missing); it is re-saved from the periodic
+    checkpoint of that iteration. Returns what was done or what could not be, or None."""
+    stage_dir = Path(stage_dir)
+    want = state.get("best_iter", -1)
+    if not isinstance(want, int) or want < 0:
+        return None
+    best = stage_dir / "best"
+    damage = checkpoint_damage(best) if best.exists() else "missing"
+    held = read_state(best).get("iter") if damage is None else None
+    if held == want or (isinstance(held, int) and held > state.get("iter", held)):
+        return None  # in agreement, or saved after the resume point (the resumed run validates it again)
+    source = stage_dir / f"iter_{want:07d}"
+    if source.is_dir() and checkpoint_damage(source) is None:
+        copy_weights(source, best)
+        why = f"it held iteration {held}" if damage is None else f"it was damaged: {damage}"
+        return f"note: {best} re-saved from {source.name}, the best iteration the run's state names ({why})"
+    if damage is None:
+        return (f"warning: {best} holds iteration {held} while the run's state names {want} as best, and "
+                f"{source.name} is gone; the next stage starts from {best} (iteration {held})")
+    fallback = newest_intact_checkpoint(stage_dir.parent, warn=False, stage=int(stage_dir.name[5:] or 0))
+    if fallback is None:
+        return f"warning: {best} is {damage} and no intact checkpoint of {stage_dir.name} holds weights to replace it"
+    copy_weights(fallback, best)
+    return (f"warning: {best} was {damage} and {source.name} (the best iteration) is gone; best/ now holds "
+            f"{fallback.name}, the newest intact checkpoint of {stage_dir.name}: the next stage starts from it")
 
 
 def _rename_keys(state: dict, mapping: dict[str, str]) -> dict:
@@ -89,14 +137,19 @@ def read_state(folder: str | Path) -> dict:
     return state
 
 
-def checkpoint_damage(folder: str | Path) -> str | None:
-    """Why a checkpoint cannot be trusted, or None when every recorded file matches its digest.
-    Checkpoints written before digests were recorded are checked for presence only."""
+def checkpoint_damage(folder: str | Path, required: tuple[str, ...] = ()) -> str | None:
+    """Why a checkpoint cannot be trusted, or None when every recorded file matches its digest
+    (and state.json holds the `required` keys). Checkpoints written before digests were recorded
+    are checked for presence only."""
     folder = Path(folder)
     try:
         state = read_state(folder)
     except ValueError as exc:
         return str(exc)
+    if required:
+        missing = [k for k in required if k not in state]
+        if missing:
+            return f"{STATE_FILE} has no {missing[0]!r} key"
     files = state.get("files") or {MODEL_FILE: None}
     for name, want in files.items():
         path = folder / name
@@ -111,11 +164,13 @@ def checkpoint_damage(folder: str | Path) -> str | None:
     return None
 
 
-def newest_intact_checkpoint(run_dir: str | Path, warn: bool = True) -> Path | None:
-    """The newest periodic checkpoint whose files match their digests; each damaged newer one
-    is named in a warning and skipped."""
+def newest_intact_checkpoint(run_dir: str | Path, warn: bool = True, stage: int | None = None) -> Path | None:
+    """The newest periodic checkpoint (of `stage`, or of any) whose files match their digests and
+    whose state holds what a resume reads; each damaged newer one is named in a warning and skipped."""
     for path in reversed(list_checkpoints(run_dir)):
-        damage = checkpoint_damage(path)
+        if stage is not None and path.parent.name != f"stage{stage}":
+            continue
+        damage = checkpoint_damage(path, RESUME_KEYS)
         if damage is None:
             return path
         if warn:
@@ -147,13 +202,10 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     """Periodic checkpoints of a run, oldest first (by stage then iteration)."""
     found = []
     for p in Path(run_dir).glob("stage*/iter_*"):
-        if p.is_dir() and (p / STATE_FILE).exists():
-            try:
-                st = read_state(p)
-            except ValueError:  # listed by its folder name; checkpoint_damage() reports it
-                st = {"stage": int(p.parent.name[5:] or 0) if p.parent.name[5:].isdigit() else 0,
-                      "iter": int(p.name[5:]) if p.name[5:].isdigit() else 0}
-            found.append((st.get("stage", 0), st.get("iter", 0), p))
+        # ordered by the folder names the trainer gives (stageN/iter_NNNNNNN), not by state.json,
+        # which may be the damaged part; checkpoint_damage() reports that
+        if p.is_dir() and (p / STATE_FILE).exists() and p.parent.name[5:].isdigit() and p.name[5:].isdigit():
+            found.append((int(p.parent.name[5:]), int(p.name[5:]), p))
     return [p for _, _, p in sorted(found)]
 
 

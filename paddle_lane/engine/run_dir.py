@@ -21,6 +21,32 @@ PLAN_KEYS = re.compile(r"^(stages\.\d+\.iters|train\.val_interval|train\.patienc
                        r"train\.checkpoint_interval|train\.checkpoint_minutes|train\.max_loss)$")
 
 
+def stop_message(signame: str, state: dict | None, checkpoint: Path | None, resume_hint: str) -> str:
+    """The one line a stopped run ends with: where it stopped, what was kept, how to continue."""
+    if state is None:
+        return f"stopped by {signame} before training began; continue with: {resume_hint}"
+    return (f"stopped by {signame} at stage {state['stage']} iteration {state['iter']}; checkpoint {checkpoint}; "
+            f"continue with: {resume_hint}")
+
+
+def stopped_line(out: Path, signame: str, resume_hint: str) -> str:
+    """stop_message for a run stopped in other processes (the ranks of a launch), read from the
+    newest checkpoint's state.json (no Paddle import: the launching process stays light)."""
+    import json
+    found = []
+    for path in Path(out).glob("stage*/iter_*/state.json"):
+        try:
+            state = json.loads(path.read_text())
+            found.append(((state["stage"], state["iter"]), state, path.parent))
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    if not found:
+        return stop_message(signame, None, None, resume_hint)
+    _, state, folder = max(found, key=lambda f: f[0])
+    line = stop_message(signame, state, folder, resume_hint)
+    return line if state.get("stopped_by") == signame else line + f" (the newest checkpoint; no rank wrote one at the stop)"
+
+
 def holds_run(out: Path) -> list[str]:
     """The entries that show `out` holds a training run (empty when it does not)."""
     if not out.is_dir():

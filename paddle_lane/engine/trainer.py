@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import signal
 import sys
 import threading
@@ -24,12 +25,14 @@ from paddle_lane.data.dataset import (LaneDataset, StageBatchSampler, loader_wor
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.device import is_gpu, select_device
 from data_prep.io_utils import atomic_write_text
-from data_prep.procs import watched
-from paddle_lane.engine.checkpoint import (list_checkpoints, load_optimizer_state, load_weights,
-                                           newest_intact_checkpoint, prune, read_state, save_checkpoint)
+from data_prep.procs import start_loader, watched
+from paddle_lane.engine.checkpoint import (checkpoint_damage, list_checkpoints, load_optimizer_state, load_weights,
+                                           newest_intact_checkpoint, prune, read_state, reconcile_best,
+                                           save_checkpoint)
 from paddle_lane.engine.monitor import Monitor
 from paddle_lane.engine.run_dir import (check_fresh_start, check_resume_config, clear_stale_temps, holds_run,
-                                        move_aside)
+                                        move_aside, stop_message)
+from paddle_lane.errors import UserError
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.engine.validation import sample_val_rows, validate_frames
 from paddle_lane.losses import build_loss
@@ -91,6 +94,12 @@ def trim_metrics(path: Path, stage: int, it: int) -> None:
     atomic_write_text(path, "".join(x + "\n" for x in kept))
 
 
+def reset_log(path: Path) -> None:
+    """Empty a log of a run that restarts from scratch (no intact checkpoint): nothing logged twice."""
+    if path.exists():
+        atomic_write_text(path, "")
+
+
 def reseed(seed: int, stage: int, it: int, rank: int) -> None:
     """Re-seed Paddle's RNG (dropout etc.) from the iteration, before every step, so a run
     resumed at any iteration draws the same random numbers as the uninterrupted one."""
@@ -101,8 +110,10 @@ class Trainer:
     """Runs every stage of a config; rank 0 writes logs and checkpoints."""
 
     def __init__(self, cfg: Config, resume: bool = False, device: str | None = None, quiet: bool = False,
-                 force: bool = False, allow_config_change: bool = False):
+                 force: bool = False, allow_config_change: bool = False, resume_hint: str | None = None):
         self.cfg, self.resume, self.quiet = cfg, resume, quiet
+        # the command that continues this run, printed when it stops (the CLI passes the user's own)
+        self.resume_hint = resume_hint or f"./run.sh train --config {cfg.source} --resume"
         self._previous_handlers = self._catch_signals()  # from the start: a SIGTERM during set-up is seen too
         self.world = dist.get_world_size()
         self.rank = dist.get_rank()
@@ -128,6 +139,10 @@ class Trainer:
         # a fixed sample of training frames scored like val: the train/val gap (bias vs variance)
         self.train_eval_df = (sample_val_rows(self.train_df, cfg.train.train_eval_images, cfg.train.seed + 1)
                               if cfg.train.train_eval_images and self.val_df is not None else None)
+        if self.main and cfg.data.use_cache:
+            self._refresh_cache()
+        if self.world > 1:
+            dist.barrier()  # every rank reads the refreshed cache
         self.amp = self._amp_level()
         paddle.seed(cfg.train.seed + self.rank)
         np.random.seed(cfg.train.seed + self.rank)
@@ -142,6 +157,10 @@ class Trainer:
         """A folder that holds a run is continued (--resume, with the run's own config) or moved
         aside (--force), never trained into afresh; every rank checks, rank 0 acts."""
         if self.resume:
+            if not holds_run(self.out):
+                raise UserError(f"--resume: {self.out} holds no training run "
+                                f"({'the folder does not exist' if not self.out.exists() else 'no config.yml, metrics.jsonl or stageN/'}); "
+                                "drop --resume to start one there, or point train.output_dir at the run to continue")
             accepted = check_resume_config(self.out, to_dict(self.cfg), allow_config_change)
             if accepted and self.main:
                 print("resuming with plan changes: " + "; ".join(f"{k}: {a!r} -> {b!r}" for k, a, b in accepted))
@@ -156,6 +175,14 @@ class Trainer:
             dist.barrier()
 
     # ------------------------------------------------------------------ setup helpers
+    def _refresh_cache(self) -> None:
+        """Cached frames whose source changed after prepare are rebuilt before the first step."""
+        from data_prep.prepare import refresh_cache
+        for size, counts in refresh_cache(self.train_df, Path(self.cfg.data.lists_dir), self.cfg, self.scheme).items():
+            print(f"warning: cache {size}: {counts['rebuilt']} frame(s) changed since prepare and were rebuilt, "
+                  f"{counts['written']} missing ones written, {counts['error']} unreadable ones dropped from the "
+                  "cache (read from the source)", file=sys.stderr)
+
     def _amp_level(self):
         if not self.cfg.train.amp:
             return None
@@ -198,6 +225,12 @@ class Trainer:
                 if self.main:
                     trim_metrics(self.out / "metrics.jsonl", start_stage, resume_state["iter"])
                     trim_metrics(self.out / TRAIN_LOG, start_stage, resume_state["iter"])
+                    # a crash between the periodic and the best save leaves best/ behind the state
+                    note = reconcile_best(resume_dir.parent, resume_state)
+                    if note:
+                        print(note, file=sys.stderr)
+                if self.world > 1:
+                    dist.barrier()  # best/ is settled before any rank reads it
                 # done by this config's plan (a resume may add iterations), or stopped early
                 if resume_state.get("stopped_early") or (
                         start_stage < len(self.cfg.stages) and resume_state["iter"] >= self.cfg.stages[start_stage].iters):
@@ -205,6 +238,15 @@ class Trainer:
                     resume_state, resume_dir = None, None
             elif self.main:
                 print(f"no checkpoint in {self.out}; starting from scratch")
+                reset_log(self.out / "metrics.jsonl")
+                reset_log(self.out / TRAIN_LOG)
+            if start_stage >= len(self.cfg.stages):
+                if self.main:
+                    print(f"{self.out} is already finished: all {len(self.cfg.stages)} stage(s) of its config ran "
+                          f"(newest checkpoint {resume_dir or newest_intact_checkpoint(self.out, warn=False)}); "
+                          "nothing to train. Add stages or iterations with --allow-config-change to train on.")
+                self.monitor.close()
+                return []
         results = []
         self._catch_signals(keep_flag=True)  # again: Paddle's set-up may have replaced the handlers
         try:
@@ -238,28 +280,57 @@ class Trainer:
         """Stop as a signal would: checkpoint the current iteration and raise TrainingInterrupted."""
         self._signal = signum
 
-    def _stop_if_signalled(self, stage_dir: Path, model, optimizer, state: dict) -> None:
-        if self._signal is None:
+    def _agreed_signal(self) -> int | None:
+        """The stop signal any rank received (each rank asks after every step, so all stop at the
+        same iteration and none is left waiting in a collective)."""
+        if self.world == 1:
+            return self._signal
+        flag = paddle.to_tensor([self._signal or 0], dtype="int64")
+        dist.all_reduce(flag, op=dist.ReduceOp.MAX)
+        return int(flag.item()) or None
+
+    def _stop_if_signalled(self, stage_dir: Path, model, optimizer, state: dict, synced: bool = True) -> None:
+        """After a step: on SIGTERM/SIGINT (any rank's), checkpoint this iteration and raise
+        TrainingInterrupted. synced=False: called off the main thread (a stalled loader), no collectives."""
+        signum = self._agreed_signal() if synced else self._signal
+        if signum is None:
             return
-        name = signal.Signals(self._signal).name
+        name = signal.Signals(signum).name
         if state["iter"] == 0 and not list_checkpoints(self.out):  # nothing trained yet: nothing to save
-            raise TrainingInterrupted(f"stopped by {name} before training began; start again with the same command",
-                                      self._signal)
+            raise TrainingInterrupted(stop_message(name, None, None, self.resume_hint), signum)
+        path = stage_dir / f"iter_{state['iter']:07d}"
         if self.main:
-            path = save_checkpoint(stage_dir / f"iter_{state['iter']:07d}", model, optimizer,
-                                   {**state, "stopped_by": name})
+            save_checkpoint(path, model, optimizer, {**state, "stopped_by": name})
             prune(self.out, state["stage"], self.cfg.train.keep_last)
-            msg = (f"stopped by {name} at stage {state['stage']} iteration {state['iter']}; checkpoint {path}; "
-                   f"continue with: ./run.sh train --config {self.cfg.source} --resume")
-        else:
-            msg = f"stopped by {name}"
-        raise TrainingInterrupted(msg, self._signal)
+        if self.world > 1 and synced:
+            dist.barrier()  # the other ranks end only once rank 0's checkpoint is on disk
+        raise TrainingInterrupted(stop_message(name, state, path, self.resume_hint) if self.main else f"stopped by {name}",
+                                  signum)
+
+    def _stop_while_stalled(self, signum: int, stage_dir: Path, model, optimizer, state: dict) -> None:
+        """A stop signal while the main thread is blocked on a stalled loader (StallWatchdog's
+        thread calls this): checkpoint the last finished step from here, one line, exit 128+N."""
+        self._signal = signum
+        code = 128 + signum
+        try:
+            self._stop_if_signalled(stage_dir, model, optimizer, state, synced=False)
+        except TrainingInterrupted as exc:
+            print(f"\n{exc} (the data loader was stalled)", file=sys.stderr, flush=True)
+        except Exception as exc:  # noqa: BLE001 - the process ends either way; say why
+            print(f"\nstopped by {signal.Signals(signum).name} while the data loader was stalled; "
+                  f"the checkpoint could not be written: {exc}", file=sys.stderr, flush=True)
+            code = 1
+        os._exit(code)
 
     def _init_weights(self, model, stage_idx: int):
         """Stage > 0 starts from the previous stage's best weights."""
         if stage_idx == 0:
             return
         prev = self.out / f"stage{stage_idx - 1}" / "best"
+        damage = checkpoint_damage(prev) if prev.exists() else None
+        if damage:
+            raise UserError(f"{prev} is damaged ({damage}); stage {stage_idx} cannot start from it. "
+                            "Resume with --resume (it re-saves best/ from the checkpoint that holds it)")
         if not prev.exists():
             prev_ckpts = [p for p in list_checkpoints(self.out) if read_state(p).get("stage") == stage_idx - 1]
             if not prev_ckpts:
@@ -312,12 +383,17 @@ class Trainer:
         def state_now(**extra) -> dict:
             return {"stage": stage_idx, "iter": it, "lr": lr.last_lr,
                     "best_miou": best if math.isfinite(best) else -1.0, "best_iter": best_iter,
-                    "bad_vals": bad_vals, "stage_done": it >= st.iters, "size": [st.width, st.height], **extra}
+                    "bad_vals": bad_vals, "stage_done": it >= st.iters, "size": [st.width, st.height],
+                    "log_window": window, **extra}
 
-        window: list = []  # (loss, terms) since the last train_log.jsonl line
-        batches = iter(loader)
+        # (loss, terms) since the last train_log.jsonl line; kept in checkpoints, so the first line
+        # after a resume averages the same iterations as the unbroken run's
+        window: list = [tuple(x) for x in resume_state.get("log_window", [])] if resume_state else []
+        batches = start_loader(loader)  # workers forked with SIGTERM/SIGINT held (they ignore both)
         stream = watched(batches, cfg.data.loader_timeout, awaited,
-                         f"checkpoints are kept in {self.out}; continue with --resume")
+                         f"checkpoints are kept in {self.out}; continue with: {self.resume_hint}",
+                         on_signal=lambda signum: self._stop_while_stalled(signum, stage_dir, model, optimizer,
+                                                                          state_now()))
         try:
             t_fetch = self._since_val = time.perf_counter()
             self._last_save = time.monotonic()
@@ -343,6 +419,7 @@ class Trainer:
                     window = []
                 bar.update(1)
                 if it % cfg.train.val_interval == 0 or it == st.iters:
+                    self._share_rank0_statistics(model)
                     miou = self.validate(net, val, stage_idx, it)
                     improved = miou > best if val is not None else True
                     best, best_iter, bad_vals = (miou, it, 0) if improved else (best, best_iter, bad_vals + 1)
@@ -438,6 +515,17 @@ class Trainer:
             metric.reset()
             metric.merge(conf.numpy())
         return metric
+
+    def _share_rank0_statistics(self, model) -> None:
+        """Every rank takes rank 0's untrained tensors (BatchNorm running statistics) before
+        validating: each rank scores its share of val, and the weights saved are rank 0's, so
+        validation scores exactly the checkpoint it is logged for (trained parameters are equal
+        on every rank already). Paddle keeps BN statistics as parameters with stop_gradient set,
+        not as buffers, so they are picked from the state dict."""
+        if self.world > 1:
+            for tensor in model.state_dict().values():
+                if tensor.stop_gradient:
+                    dist.broadcast(tensor, src=0)
 
     def _val_predictor(self, net, size: tuple[int, int]):
         """The inference path for the network being trained: no TTA, the stage size."""

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Sequence
 
 from paddle_lane.config import load_config
+from paddle_lane.errors import UserError
 
 SUBMISSION_WORKERS = 2  # threads that up-sample, encode and write while the model runs
 
@@ -225,6 +226,19 @@ def _gaps_line(report) -> str | None:
             f"({kinds}; listed above and in scores.json)")
 
 
+def _check_apart(pred_dir: str, gt_dir, out: str | None) -> None:
+    """Predictions scored against themselves score 1.0, and scores written into the ground-truth
+    tree mix with labels: a prediction folder equal to or inside --gt, or a report folder inside
+    it, is refused."""
+    gt_root = Path(gt_dir).resolve()
+    for name, folder in (("--pred", pred_dir), ("--report", out or pred_dir)):
+        path = Path(folder).resolve()
+        if path == gt_root or gt_root in path.parents:
+            raise UserError(f"{name} {folder} is {'the' if path == gt_root else 'inside the'} ground-truth folder "
+                            f"--gt {gt_dir}: predictions must be scored against labels they are not, and nothing "
+                            "is written into --gt; give another folder")
+
+
 def run_evaluate(pred_dir: str, gt: str, scheme: str = "apollo8", workers: int = 2, out: str | None = None,
                  allow_partial: bool = False) -> int:
     """Score predictions against a label folder or the labels of a list CSV; print the table and
@@ -233,6 +247,8 @@ def run_evaluate(pred_dir: str, gt: str, scheme: str = "apollo8", workers: int =
     from paddle_lane.scorer import score_folders
     _check_pred_dir(pred_dir)
     gt_dir, list_csv = _dir_or_csv(gt)
+    if gt_dir is not None:
+        _check_apart(pred_dir, gt_dir, out)
     if list_csv:
         with tempfile.TemporaryDirectory(prefix="paddle_lane_gt_") as tmp:
             _label_links(list_csv, Path(tmp))

@@ -29,7 +29,7 @@ from data_prep.resize import crop_rows
 from paddle_lane.config import ConfigError, load_config
 from paddle_lane.data.transforms import FULL_SIZE
 from paddle_lane.device import select_device
-from data_prep.procs import die_with_parent, watched
+from data_prep.procs import loader_worker, watched
 from paddle_lane.engine.checkpoint import load_weights, read_state, resolve_weights
 from paddle_lane.engine.run_dir import CONFIG_FILE
 from paddle_lane.models import build_model
@@ -299,11 +299,11 @@ class Predictor:
     def loader(self, paths: Sequence[str], batch_size: int | None = None,
                num_workers: int | None = None) -> paddle.io.DataLoader:
         """Batches of decoded, normalized inputs; decoding runs in DataLoader workers that die
-        with this process."""
+        with this process and leave SIGTERM/SIGINT to it (validation inside training)."""
         workers = self.cfg.infer.num_workers if num_workers is None else num_workers
         return paddle.io.DataLoader(ImageFiles(list(paths), self), batch_size=batch_size or self.cfg.infer.batch_size,
                                     shuffle=False, drop_last=False, num_workers=workers,
-                                    use_shared_memory=workers > 0, worker_init_fn=die_with_parent)
+                                    use_shared_memory=workers > 0, worker_init_fn=loader_worker)
 
     def predict_files(self, paths: Sequence[str], batch_size: int | None = None, num_workers: int | None = None,
                       progress: bool = True, timeout: float | None = None,

@@ -4,14 +4,13 @@ its backbone."""
 from __future__ import annotations
 
 import logging
-import os
 from typing import NamedTuple, Optional
-from urllib.parse import urlparse
 
 import paddle
 import paddle.nn as nn
 
 from paddle_lane.config import ModelConfig
+from paddle_lane.models.download import fetch_weights
 from paddle_lane.models.registry import MODELS
 
 log = logging.getLogger(__name__)
@@ -103,15 +102,8 @@ def load_weights(layer: nn.Layer, path: str) -> LoadReport:
 
 
 def _fetch(path: str) -> str:
-    """A local file for `path`: URLs go through paddleseg's cached download."""
-    if urlparse(path).netloc:
-        from paddleseg.utils.utils import download_pretrained_model
-        return download_pretrained_model(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, "model.pdparams")
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"weights file not found: {path}")
-    return path
+    """A local file for `path`: a file, a checkpoint folder, or a URL (downloaded once, cached)."""
+    return fetch_weights(path)
 
 
 def _read_state(local: str, path: str) -> dict:
