@@ -97,8 +97,10 @@ def test_validation_of_two_processes_scores_the_saved_checkpoint(prepared_synth,
     assert record["miou"] == pytest.approx(scored["miou"], abs=1e-5)
 
 
-def test_a_group_sigterm_checkpoints_every_rank_at_one_iteration_and_resumes_to_the_unbroken_numbers(
-        prepared_synth, unbroken, tmp_path):
+@pytest.mark.parametrize("signum, code", [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
+def test_a_group_signal_checkpoints_every_rank_at_one_iteration_and_resumes_to_the_unbroken_numbers(
+        prepared_synth, unbroken, tmp_path, signum, code):
+    """SIGTERM as a scheduler sends it, SIGINT as Ctrl-C in a terminal sends it: to the whole group."""
     _, lists = prepared_synth
     out = tmp_path / "run"
     opts = two_stage_opts(lists, out)
@@ -107,15 +109,16 @@ def test_a_group_sigterm_checkpoints_every_rank_at_one_iteration_and_resumes_to_
     wait_for(lambda: log_lines(out) >= 3, proc, what="15 steps")  # mid stage 0, after one validation
     everyone = family(proc.pid)
     assert len(everyone) >= 7, everyone  # launcher, 2 ranks, 2 loader workers each
-    os.killpg(proc.pid, signal.SIGTERM)
+    os.killpg(proc.pid, signum)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 143, err[-3000:]
+    assert proc.returncode == code, err[-3000:]
     assert alive_after(everyone, 5) == []
     stopped = [p for p in out.glob("stage*/iter_*") if "stopped_by" in json.loads((p / "state.json").read_text())]
     assert len(stopped) == 1, stopped
     state = json.loads((stopped[0] / "state.json").read_text())
     last = err.strip().splitlines()[-1]
-    assert last.startswith(f"stopped by SIGTERM at stage {state['stage']} iteration {state['iter']}; "
+    assert state["stopped_by"] == signal.Signals(signum).name
+    assert last.startswith(f"stopped by {signal.Signals(signum).name} at stage {state['stage']} iteration {state['iter']}; "
                            f"checkpoint {stopped[0]}; continue with: "), last
     assert "--nproc 2" in last and f"train.output_dir={out}" in last
     resumed = subprocess.run(train(opts, "--resume"), env=ENV, capture_output=True, text=True, timeout=900)

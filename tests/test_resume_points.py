@@ -201,3 +201,56 @@ def test_a_signal_after_the_folder_is_claimed_points_at_resume_which_then_runs(p
     assert str(info.value) == "stopped by SIGTERM before training began; continue with: paddle-lane train --resume X"
     res = _cli_train(opts, "--resume")
     assert res.returncode == 0 and "starting from scratch" in res.stdout, res.stderr[-2000:]
+
+
+def test_a_label_edited_after_prepare_is_not_trained_on_from_its_stale_cached_copy(tmp_path, capsys):
+    """prepare --cache, then a label is corrected: training rebuilds that cache entry at start,
+    and the cached label then equals a fresh resize of the corrected file."""
+    import cv2
+    from data_prep.cache import cache_dir, cached_paths, load_resized
+    from data_prep.label_io import read_label
+    from data_prep.labels import load_scheme
+    from data_prep.prepare import prepare
+    from data_prep.resize import crop_rows
+    from data_prep.synth import make_dataset
+
+    raw, lists = tmp_path / "raw", tmp_path / "prepare"
+    make_dataset(raw, roads=("Road02",), records_per_road=2, frames_per_record=2, width=384, height=192, seed=5)
+    opts = tiny_train_opts(lists, tmp_path / "run", iters=1, val_interval=1) + ["data.use_cache=true",
+                                                                                "prepare.val_fraction=0"]
+    cfg = load_config(CONFIG, opts)
+    cfg.prepare.cache = True
+    prepare(raw, lists, cfg, workers=1)
+    row = next(iter(__import__("pandas").read_csv(lists / "train.csv").itertuples()))
+    scheme = load_scheme(cfg.data.scheme)
+    folder = cache_dir(lists, cfg.data.crop_offset, (128, 48), scheme, cfg.data.ignore_policy, cfg.data.label_resize)
+    _, cached_label = cached_paths(folder, row.key)
+    stale = read_label(cached_label)
+
+    edited = read_label(row.label)
+    edited[100:, :] = 214  # the lower half becomes zebra (train id 5)
+    cv2.imwrite(row.label, edited)
+    capsys.readouterr()
+    Trainer(load_config(CONFIG, opts), quiet=True)
+    err = capsys.readouterr().err
+    assert "warning: cache 128x48: 1 frame(s) changed since prepare and were rebuilt" in err, err
+    _, want = load_resized(row.image, row.label, scheme.train_lut(cfg.data.ignore_policy),
+                           crop_rows(cfg.data.crop_offset, cfg.data.frame_height, 192), (128, 48),
+                           cfg.data.label_resize, (384, 192))
+    got = read_label(cached_label)
+    assert (got != stale).sum() > 500 and (got == want).all()
+    assert (got[-10:] == 5).all()
+
+
+def test_evaluate_refuses_predictions_inside_the_ground_truth(prepared_synth, tmp_path):
+    raw, _ = prepared_synth
+    gt = tmp_path / "gt"
+    shutil.copytree(next(raw.rglob("Label")), gt / "Label")
+    before = sorted(p.relative_to(gt) for p in gt.rglob("*"))
+    for pred in (gt, gt / "Label"):
+        res = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "evaluate", "--pred", str(pred), "--gt", str(gt)],
+                             env=ENV, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 2, res.stderr[-2000:]
+        last = res.stderr.strip().splitlines()[-1]
+        assert last.startswith(f"error: --pred {pred} is ") and f"ground-truth folder --gt {gt}" in last, last
+    assert sorted(p.relative_to(gt) for p in gt.rglob("*")) == before  # nothing written into --gt
