@@ -8,6 +8,8 @@ this file reads PADDLE_LANE_BIND, PADDLE_LANE_WORKERS, PADDLE_LANE_LOG_LEVEL and
 """
 import os
 
+from paddle_lane.serve import settings as _serve_settings
+
 # Loopback unless told otherwise; a container sets PADDLE_LANE_BIND=0.0.0.0:8000.
 bind = os.environ.get("PADDLE_LANE_BIND", "127.0.0.1:8000")
 # Each worker holds a whole model replica in memory: size by RAM and cores, not by 2*cores+1.
@@ -23,8 +25,11 @@ timeout = 120
 # On SIGTERM, in-flight requests get this long to finish: above the API's 30 s request timeout.
 graceful_timeout = 35
 # Idle keep-alive above the proxy's (nginx upstream keepalive_timeout 60s), so the proxy closes first
-# and never sends on a connection the server is closing.
-keepalive = 75
+# and never sends on a connection the server is closing. One value, shared with `paddle-lane serve`.
+keepalive = _serve_settings.KEEPALIVE_S
+# No control socket: gunicorn 23+ creates ~/.gunicorn/gunicorn.ctl, shared by every instance of the user, and
+# an instance that exits deletes the socket of another still running.
+control_socket_disable = True
 # Never recycle workers by request count: each restart reloads the model.
 max_requests = 0
 # The heartbeat file on tmpfs, where a slow or read-only disk cannot stall it.

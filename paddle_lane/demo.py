@@ -22,6 +22,10 @@ def run_demo(out: str | Path = "demo_out", config: str | Path = DEMO_CONFIG, opt
     from paddle_lane.engine.trainer import Trainer
     from paddle_lane.infer.commands import run_evaluate, run_infer
 
+    if not Path(config).is_file():
+        from paddle_lane.errors import UserError
+        raise UserError(f"demo: config {config} not found (the demo's configs/ folder is part of a source checkout, "
+                        "not of the installed package); pass --config FILE")
     t0 = time.time()
     out = Path(out).resolve()
     raw, lists, run_dir, sub = out / "raw", out / "prepare", out / "run", out / "submission"

@@ -442,7 +442,8 @@ def test_k8s_worker_gpu():
     assert spec.get("nodeSelector") and any(t["key"] == "nvidia.com/gpu" for t in spec.get("tolerations", []))
     assert spec["securityContext"]["runAsNonRoot"] is True
     args = parse_command(k8s_commands()["worker"])
-    assert args.verb == "worker" and args.model == MODEL_DIR and args.backend == "paddle-inference"
+    # No --backend: the default follows what the export holds (Paddle Inference on a GPU for a full export)
+    assert args.verb == "worker" and args.model == MODEL_DIR and args.backend is None
     assert container["image"].endswith("-gpu")
     assert pod_spec(the_deployment("api"))["containers"][0]["image"].endswith("-cpu")
 
@@ -471,9 +472,10 @@ def test_k8s_config_volumes_and_redis():
     (configmap,) = k8s_kind("ConfigMap")
     assert "deploy.yml" in (K8S / "configmap.yaml").read_text(), "the deploy.yml placeholder comment"
     for key in ("PADDLE_LANE_MAX_BATCH", "PADDLE_LANE_MAX_WAIT_MS", "PADDLE_LANE_MAX_QUEUE", "PADDLE_LANE_TIMEOUT_S",
-                "PADDLE_LANE_MAX_UPLOAD_MB", "PADDLE_LANE_BACKEND", "PADDLE_LANE_REDIS", "PADDLE_LANE_MODEL"):
+                "PADDLE_LANE_MAX_UPLOAD_MB", "PADDLE_LANE_REDIS", "PADDLE_LANE_MODEL"):
         assert key in configmap["data"], key
         assert isinstance(configmap["data"][key], str)
+    assert "PADDLE_LANE_BACKEND" not in configmap["data"], "the backend follows the export"
     assert configmap["data"]["PADDLE_LANE_MODEL"] == MODEL_DIR
     # The Redis URL names the redis Service and its port.
     redis = the_deployment("redis")
@@ -732,6 +734,15 @@ def test_nginx_parser_catches_errors():
     assert nginx_parse("a 'b c' \"d;\";")[0] == ["a", ["b c", "d;"], None]
 
 
+def write_nginx_test_conf(tmp_path: Path, text: str) -> Path:
+    """nginx.conf text with its temp paths in tmp_path (no root needed), written to tmp_path/nginx.conf."""
+    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind}_temp;\n"
+                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    conf = tmp_path / "nginx.conf"
+    conf.write_text(text.replace("http {\n", "http {\n" + temp, 1))
+    return conf
+
+
 def test_nginx_t(tmp_path):
     """`nginx -t` on a copy: upstream names become loopback addresses (nginx resolves them while testing)
     and temp paths go into tmp_path, so it needs neither the compose network nor root."""
@@ -742,11 +753,7 @@ def test_nginx_t(tmp_path):
     for i, host in enumerate(compose_api_services()):
         text, n = re.subn(rf"\bserver\s+{host}:", f"server 127.0.0.{i + 1}:", text)
         assert n == 1
-    temp = "".join(f"    {kind}_temp_path {tmp_path}/{kind}_temp;\n"
-                   for kind in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
-    text = text.replace("http {\n", "http {\n" + temp, 1)
-    conf = tmp_path / "nginx.conf"
-    conf.write_text(text)
+    conf = write_nginx_test_conf(tmp_path, text)
     result = run([nginx, "-t", "-p", f"{tmp_path}/", "-e", "stderr", "-c", str(conf),
                   "-g", f"pid {tmp_path}/nginx.pid;"])
     assert result.returncode == 0, result.stderr
@@ -851,3 +858,172 @@ def test_deploy_readme_names_every_file():
     for path in files:
         assert path.name in readme, f"deploy/README.md does not mention {path.relative_to(DEPLOY)}"
     assert "tests/test_deploy_files.py" in readme
+
+
+# ---------------------------------------------------------------- one set of numbers across the files
+
+def mib(quantity: str) -> float:
+    """A Kubernetes memory quantity (Mi, Gi, M, G) or a Redis one (mb, gb) in MiB."""
+    m = re.fullmatch(r"(\d+)(Mi|Gi|M|G|mb|gb)", str(quantity))
+    assert m, quantity
+    factor = {"Mi": 1, "Gi": 1024, "mb": 1, "gb": 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20}[m.group(2)]
+    return int(m.group(1)) * factor
+
+
+def redis_option(argv: list[str], name: str) -> str:
+    assert f"--{name}" in argv, f"redis-server without --{name}: {argv}"
+    return argv[argv.index(f"--{name}") + 1]
+
+
+def test_no_command_pins_a_backend():
+    """A --format paddle export (PP-LiteSeg's) has no model.onnx: a hard-coded --backend onnxruntime crash-loops.
+    Without --backend the default follows what the export holds."""
+    for where, argv in all_commands():
+        assert "--backend" not in argv, f"{where}: {argv}"
+    assert "PADDLE_LANE_BACKEND" not in (DEPLOY / "Dockerfile.gpu").read_text().split("HEALTHCHECK")[0].split("ENV HOME")[-1]
+
+
+def test_redis_memory_holds_the_queue():
+    """Redis holds up to max_queue requests of up to max_upload_mb, and their answers (an overlay JPEG or PNG of
+    a full frame: under 4 MiB): maxmemory covers that, refuses rather than evicts, and fits the container."""
+    env = configmap_env(the_deployment("api"))
+    need = int(env["PADDLE_LANE_MAX_QUEUE"]) * (float(env["PADDLE_LANE_MAX_UPLOAD_MB"]) + 4)
+    (container,) = pod_spec(the_deployment("redis"))["containers"]
+    k8s_args = container["args"]
+    compose_args = compose()["services"]["redis"]["command"]
+    services = compose()["services"]
+    compose_api = parse_command(services[compose_api_services()[0]]["command"])
+    compose_need = compose_api.max_queue * (compose_api.max_upload_mb + 4)
+    for argv, needed in ((k8s_args, need), (compose_args, compose_need)):
+        assert redis_option(argv, "maxmemory-policy") == "noeviction"
+        assert mib(redis_option(argv, "maxmemory")) >= needed, (argv, needed)
+    assert mib(container["resources"]["limits"]["memory"]) >= 1.25 * mib(redis_option(k8s_args, "maxmemory"))
+
+
+def test_tmp_holds_the_spooled_uploads():
+    """Uploads over 1 MiB are spooled to /tmp while read: workers x max_queue x max_upload_mb at most."""
+    api = the_deployment("api")
+    env = configmap_env(api)
+    need = int(env["PADDLE_LANE_WORKERS"]) * int(env["PADDLE_LANE_MAX_QUEUE"]) * float(env["PADDLE_LANE_MAX_UPLOAD_MB"])
+    for deployment in (api, the_deployment("worker")):
+        spec = pod_spec(deployment)
+        (container,) = spec["containers"]
+        volumes = {v["name"]: v for v in spec["volumes"]}
+        for mount in container["volumeMounts"]:
+            if "emptyDir" in volumes[mount["name"]]:
+                assert "sizeLimit" in volumes[mount["name"]]["emptyDir"], f"{mount['mountPath']} has no sizeLimit"
+    (tmp,) = [m for m in pod_spec(api)["containers"][0]["volumeMounts"] if m["mountPath"] == "/tmp"]
+    limit = {v["name"]: v for v in pod_spec(api)["volumes"]}[tmp["name"]]["emptyDir"]["sizeLimit"]
+    assert mib(limit) >= need, (limit, need)
+
+
+def probe_command(probe: dict) -> list[str]:
+    argv = probe["exec"]["command"]
+    assert argv[:2] == ["python3", "-c"], argv
+    return [sys.executable, "-c", argv[2]]
+
+
+def test_worker_probes_read_the_heartbeat(tmp_path):
+    """The worker Deployment's probes pass on a fresh heartbeat file and fail on a stale or missing one."""
+    worker = the_deployment("worker")
+    (container,) = pod_spec(worker)["containers"]
+    env = configmap_env(worker)
+    from paddle_lane.serve.queue import HEARTBEAT_ENV
+    path = env[HEARTBEAT_ENV]
+    assert path.startswith("/tmp/") and "/tmp" in [m["mountPath"] for m in container["volumeMounts"]]
+    assert container["startupProbe"]["failureThreshold"] * container["startupProbe"]["periodSeconds"] >= 120
+    beat = tmp_path / "heartbeat"
+    for kind in ("startupProbe", "livenessProbe"):
+        argv = probe_command(container[kind])
+        probe_env = {**os.environ, HEARTBEAT_ENV: str(beat)}
+        assert subprocess.run(argv, env=probe_env, capture_output=True, timeout=30).returncode != 0, "missing file"
+        beat.touch()
+        assert subprocess.run(argv, env=probe_env, capture_output=True, timeout=30).returncode == 0, "fresh"
+        os.utime(beat, (time.time() - 120, time.time() - 120))
+        assert subprocess.run(argv, env=probe_env, capture_output=True, timeout=30).returncode != 0, "stale"
+        beat.unlink()
+
+
+def test_keepalive_has_one_source():
+    """nginx's upstream keepalive_timeout is below gunicorn's keepalive, which `paddle-lane serve` (the command
+    compose and Kubernetes run) and gunicorn.conf.py both take from KEEPALIVE_S."""
+    from paddle_lane.serve.server import gunicorn_options
+    from paddle_lane.serve.settings import KEEPALIVE_S, ServeSettings
+    served = gunicorn_options("127.0.0.1", 8000, 1, ServeSettings(model="x"))["keepalive"]
+    conf = runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))["keepalive"]
+    tree = nginx_parse((DEPLOY / "nginx.conf").read_text())
+    upstream = nginx_children(nginx_children(tree, "http"), "upstream", "api")
+    nginx_keepalive = seconds(nginx_values(upstream, "keepalive_timeout")[0][0])
+    assert served == conf == KEEPALIVE_S > nginx_keepalive, (served, conf, nginx_keepalive)
+
+
+def test_gunicorn_control_socket_is_off():
+    from paddle_lane.serve.server import gunicorn_options
+    from paddle_lane.serve.settings import ServeSettings
+    from gunicorn.config import KNOWN_SETTINGS
+    assert "control_socket_disable" in {s.name for s in KNOWN_SETTINGS}
+    assert gunicorn_options("127.0.0.1", 8000, 1, ServeSettings(model="x"))["control_socket_disable"] is True
+    assert runpy.run_path(str(DEPLOY / "gunicorn.conf.py"))["control_socket_disable"] is True
+
+
+NGINX_OWN_ERRORS = (400, 404, 408, 413, 500, 502, 503, 504)
+
+
+def test_nginx_own_errors_are_json():
+    tree = nginx_parse((DEPLOY / "nginx.conf").read_text())
+    server = nginx_children(nginx_children(tree, "http"), "server")
+    pages = {int(args[0]): args[1] for args in nginx_values(server, "error_page")}
+    assert set(NGINX_OWN_ERRORS) <= set(pages)
+    named = {tuple(n[1]): n[2] for n in server if n[0] == "location"}
+    upload_mb = int(parse_command(compose()["services"][compose_api_services()[0]]["command"]).max_upload_mb)
+    for code in NGINX_OWN_ERRORS:
+        body = named[(pages[code],)]
+        assert nginx_values(body, "default_type") == [["application/json"]], code
+        (ret,) = nginx_values(body, "return")
+        assert int(ret[0]) == code
+        message = json.loads(ret[1].replace("\\n", ""))["error"]
+        assert message
+        if code == 413:
+            assert f"{upload_mb} MB" in message
+
+
+def test_nginx_answers_its_errors_in_json(tmp_path):
+    """The real nginx with this nginx.conf, its upstreams on loopback ports nothing listens on: 502, 404 and
+    413 come back as JSON {"error": ...}."""
+    nginx = shutil.which("nginx")
+    if not nginx:
+        pytest.skip("nginx is not installed on this machine")
+    text = (DEPLOY / "nginx.conf").read_text()
+    for i, host in enumerate(compose_api_services()):
+        text, n = re.subn(rf"\bserver\s+{host}:\d+", f"server 127.0.0.1:{free_port()}", text)
+        assert n == 1
+    port = free_port()
+    text = re.sub(r"listen 80;", f"listen 127.0.0.1:{port};", text)
+    conf = write_nginx_test_conf(tmp_path, text.replace("access_log /dev/stdout json;", "access_log off;"))
+    proc = subprocess.Popen([nginx, "-p", f"{tmp_path}/", "-e", "stderr", "-c", str(conf),
+                             "-g", f"pid {tmp_path}/nginx.pid; daemon off;"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        import httpx
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                httpx.get(f"{url}/healthz", timeout=5)
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read().decode()[-2000:]
+                time.sleep(0.2)
+        upload_mb = int(parse_command(compose()["services"][compose_api_services()[0]]["command"]).max_upload_mb)
+        answers = {502: httpx.get(f"{url}/readyz", timeout=30),
+                   404: httpx.get(f"{url}/nowhere", timeout=30),
+                   413: httpx.post(f"{url}/v1/segment", content=b"\0" * ((upload_mb + 1) * 2**20),
+                                   headers={"content-type": "image/jpeg"}, timeout=30)}
+        for code, r in answers.items():
+            assert r.status_code == code, (code, r.status_code, r.text[:200])
+            assert r.headers["content-type"] == "application/json", (code, r.headers)
+            assert r.json()["error"], (code, r.text)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)

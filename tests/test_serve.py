@@ -394,3 +394,85 @@ def test_a_worker_whose_redis_dies_stops_with_one_line(assets, redis_server):
     assert worker.run(log=said.append, give_up_s=2) == 3
     assert time.monotonic() - t0 < 30
     assert said[-1].endswith("stopping (requests it held are taken over by other workers)") and "unreachable for 2 s" in said[-1]
+
+
+# ----------------------------------------------------------------------------- as deployed
+def test_model_endpoint_is_the_identity_not_the_exporters_paths(server, assets):
+    """GET /v1/model: classes, geometry and hashes; no path of the machine that exported the model."""
+    import hashlib
+    url, _, _ = server
+    text = httpx.get(f"{url}/v1/model").text
+    model = json.loads(text)
+    assert str(assets["base"]) not in text and "/tmp" not in text and '"checkpoint"' not in text
+    member_dir = assets["export"] / "members" / "0"
+    onnx = member_dir / "model.onnx"
+    assert model["members"][0]["files"]["model.onnx"] == {"bytes": onnx.stat().st_size,
+                                                          "sha256": hashlib.sha256(onnx.read_bytes()).hexdigest()}
+    deploy = yaml_load(assets["export"] / "deploy.yml")
+    assert model["members"][0]["checkpoint_sha256"] == deploy["members"][0]["checkpoint_sha256"]
+    assert model["class_names"] == deploy["class_names"] and len(model["class_names"]) == 8
+    assert model["deploy_yml_sha256"] == hashlib.sha256((assets["export"] / "deploy.yml").read_bytes()).hexdigest()
+
+
+def yaml_load(path: Path):
+    import yaml
+    return yaml.safe_load(path.read_text())
+
+
+def test_a_paddle_format_export_serves_without_a_backend_flag(assets, tmp_path):
+    """`export --format paddle` (PP-LiteSeg's way) holds no model.onnx: serve without --backend picks Paddle
+    Inference from the export and answers. gunicorn leaves no control socket in $HOME."""
+    cfg = load_config(CONFIG, OPTS)
+    info = make_dataset(tmp_path / "raw", roads=("Road02",), records_per_road=1, frames_per_record=1,
+                        cameras=("Camera 5",), width=W, height=H, seed=5)
+    image = Path(info["pairs"][0]["image"])
+    exp.export_model(cfg, [str(assets["base"] / "run" / "best")], formats="paddle", out=tmp_path / "export",
+                     samples=[str(image)])
+    assert not (tmp_path / "export" / "members" / "0" / "model.onnx").exists()
+    home = tmp_path / "home"
+    home.mkdir()
+    port = free_port()
+    log = tmp_path / "serve.log"
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", HOME=str(home))
+    env.pop("XDG_RUNTIME_DIR", None)  # gunicorn would put its socket there instead of $HOME/.gunicorn
+    proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli", "serve", "--model", str(tmp_path / "export"),
+                             "--port", str(port), "--workers", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT,
+                            env=env, cwd=str(tmp_path), preexec_fn=child_setup)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc, log)
+        assert httpx.get(f"{url}/readyz").json()["backend"] == "paddle-inference"
+        r = segment(url, image, "png")
+        assert r.status_code == 200, r.text
+        assert np.asarray(Image.open(__import__("io").BytesIO(r.content))).shape == (H, W)
+    finally:
+        assert stop(proc) == 0, log.read_text()[-2000:]
+    assert not (home / ".gunicorn").exists(), sorted(p.name for p in home.rglob("*"))
+
+
+def test_a_worker_beats_while_it_serves(redis_server, tmp_path, monkeypatch):
+    """PADDLE_LANE_HEARTBEAT: the worker touches the file after every round with Redis (the probes' input)."""
+    import threading
+    from types import SimpleNamespace
+    from paddle_lane.serve.queue import HEARTBEAT_ENV, Worker
+    from paddle_lane.serve.settings import ServeSettings
+    url_redis, _ = redis_server
+    beat = tmp_path / "heartbeat"
+    monkeypatch.setenv(HEARTBEAT_ENV, str(beat))
+    worker = Worker(ServeSettings(model="unused", redis=url_redis), SimpleNamespace(device="cpu"))
+    thread = threading.Thread(target=worker.run, kwargs={"log": lambda line: None}, daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + 20
+        while not beat.exists():
+            assert time.monotonic() < deadline, "no heartbeat"
+            time.sleep(0.1)
+        os.utime(beat, (time.time() - 100, time.time() - 100))
+        deadline = time.monotonic() + 20
+        while time.time() - beat.stat().st_mtime > 10:
+            assert time.monotonic() < deadline, "the heartbeat stopped"
+            time.sleep(0.2)
+    finally:
+        worker.stopping = True
+        thread.join(timeout=20)
+    assert not thread.is_alive()

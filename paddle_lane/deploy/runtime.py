@@ -24,9 +24,50 @@ BACKENDS = ("onnxruntime", "paddle-inference", "dygraph")
 FORMAT_VERSION = 1
 
 
-def default_backend() -> str:
-    """onnxruntime on CPU (the fastest measured here); Paddle Inference where Paddle has CUDA."""
+def export_formats(info: dict | None) -> set[str]:
+    """The graph formats every member of an export holds: {"onnx", "paddle"} or a part of it."""
+    if not info:
+        return {"onnx", "paddle"}
+    held = [set((m.get("files") or {}).keys()) for m in info.get("members", [])]
+    if held and all(held):
+        return set.intersection(*held)
+    return {"onnx": {"onnx"}, "paddle": {"paddle"}}.get(info.get("formats"), {"onnx", "paddle"})
+
+
+def default_backend(info: dict | None = None) -> str:
+    """The backend for an export: what it holds first (a --format paddle export runs on Paddle Inference,
+    an ONNX-only one on onnxruntime); with both, onnxruntime on CPU (the fastest measured here) and
+    Paddle Inference where Paddle has CUDA."""
+    formats = export_formats(info)
+    if formats == {"paddle"}:
+        return "paddle-inference"
+    if formats == {"onnx"}:
+        return "onnxruntime"
     return "paddle-inference" if paddle.device.is_compiled_with_cuda() and paddle.device.cuda.device_count() else "onnxruntime"
+
+
+def model_identity(export_dir: str | os.PathLike, info: dict | None = None) -> dict:
+    """What GET /v1/model serves: the model's identity (classes, input geometry, TTA, versions, the
+    self-check, and per member its size, mean/std, weight, architecture, checkpoint SHA-256 and the size and
+    SHA-256 of each served file), not the exporter's file system (no checkpoint paths)."""
+    from paddle_lane.engine.checkpoint import file_digest
+    export_dir = Path(export_dir)
+    info = info or read_deploy(export_dir)
+    members = []
+    for m in info["members"]:
+        files = {}
+        for name in sorted((export_dir / m["path"]).iterdir()):
+            if name.is_file():
+                files[name.name] = file_digest(name)
+        members.append({"size": m["size"], "mean": m["mean"], "std": m["std"], "weight": m["weight"],
+                        "arch": m.get("arch"), "checkpoint_sha256": m.get("checkpoint_sha256"), "files": files})
+    keep = ("format_version", "created", "paddle_version", "paddle_lane_version", "input", "output", "scheme",
+            "class_names", "decode", "tta", "formats", "self_check")
+    out = {k: info[k] for k in keep if k in info}
+    out["input"] = {k: v for k, v in (info.get("input") or {}).items()}
+    out["members"] = members
+    out["deploy_yml_sha256"] = file_digest(export_dir / DEPLOY_FILE)["sha256"]
+    return out
 
 
 def read_deploy(export_dir: str | os.PathLike) -> dict:
@@ -124,11 +165,12 @@ def make_runner(member_dir: Path, backend: str, threads: int | None = None):
 
 def export_predictor(export_dir: str | os.PathLike, backend: str | None = None, flip: bool | None = None,
                      scales=None, device: str | None = None, cfg=None, threads: int | None = None):
-    """A Predictor over an export folder's members run by `backend` (default: default_backend())."""
+    """A Predictor over an export folder's members run by `backend` (default: what the export holds, see
+    default_backend)."""
     from paddle_lane.infer.predictor import Member, Predictor
     export_dir = Path(export_dir)
     info = read_deploy(export_dir)
-    backend = backend or default_backend()
+    backend = backend or default_backend(info)
     if backend not in BACKENDS:
         raise UserError(f"--backend {backend!r}: choose from {list(BACKENDS)}")
     cfg = cfg or load_config(export_dir / CONFIG_FILE)

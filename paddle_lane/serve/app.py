@@ -4,7 +4,8 @@ wait on one model thread, or on Redis, without a thread each).
     POST /v1/segment?format=png|json|overlay   an image (multipart field `image`, or the raw body
                                                as image/jpeg or image/png)
     GET  /healthz   the process answers          GET /readyz   model loaded and warmed up (503 before)
-    GET  /v1/model  the export's deploy.yml      GET /metrics  Prometheus
+    GET  /v1/model  the model's identity (deploy.yml without the exporter's paths; hashes and sizes of the
+                    served files)      GET /metrics  Prometheus
 
 Every refusal is JSON {"error": "..."} with a 4xx status: 400 empty/corrupt/bad format, 413 too
 big, 415 not a JPEG or PNG, 422 too small; 503 with Retry-After when the queue is full, 504 when
@@ -63,8 +64,9 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from paddle_lane.deploy.runtime import read_deploy
+        from paddle_lane.deploy.runtime import model_identity, read_deploy
         state["info"] = read_deploy(settings.model)
+        state["identity"] = await run_in_threadpool(model_identity, settings.model, state["info"])
         if settings.redis:
             from paddle_lane.serve.queue import RedisQueue
             state["queue"] = RedisQueue(settings.redis, settings.max_queue, settings.result_ttl_s, settings.timeout_s)
@@ -108,7 +110,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @app.get("/v1/model")
     async def model_info():
-        return state["info"]
+        return state["identity"]
 
     @app.get("/metrics")
     async def prometheus():

@@ -21,6 +21,7 @@ import numpy as np
 STREAM = "paddle_lane:requests"
 GROUP = "paddle_lane:workers"
 RESULT = "paddle_lane:result:"
+HEARTBEAT_ENV = "PADDLE_LANE_HEARTBEAT"   # file a worker touches while it serves (unset: none)
 
 # ack + delete the entry, and push the answer only if this call acknowledged it (exactly once)
 FINISH = """
@@ -92,6 +93,8 @@ class Worker:
         self.predictor = predictor
         self.stopping = False
         self.answered = 0
+        # touched after every successful round with Redis: a probe reads its age (deploy/k8s/worker-deployment.yaml)
+        self.heartbeat = os.environ.get(HEARTBEAT_ENV) or None
 
     def ensure_group(self) -> None:
         import redis
@@ -150,6 +153,10 @@ class Worker:
         self.answered += answered
         return answered
 
+    def beat(self) -> None:
+        if self.heartbeat:
+            touch(self.heartbeat)
+
     def run(self, log=print, give_up_s: float = 60.0) -> int:
         """Serve until stopped; Redis unreachable for give_up_s in a row is one line and exit 3."""
         import redis
@@ -165,6 +172,7 @@ class Worker:
                 if entries:
                     self.process(entries)
                 down_since = None
+                self.beat()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 now = time.monotonic()
                 if down_since is None:
@@ -177,6 +185,12 @@ class Worker:
                 time.sleep(1.0)
         log(f"worker {self.consumer}: stopped after answering {self.answered} request(s)")
         return 0
+
+
+def touch(path: str) -> None:
+    """Create or refresh `path`'s modification time (the worker's heartbeat)."""
+    with open(path, "a"):
+        os.utime(path)
 
 
 def _error_body(message: str) -> bytes:

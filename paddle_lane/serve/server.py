@@ -11,16 +11,19 @@ import tempfile
 
 from data_prep.procs import die_with_parent, port_in_use
 from paddle_lane.deploy.runtime import read_deploy
-from paddle_lane.serve.settings import ServeSettings
+from paddle_lane.serve.settings import KEEPALIVE_S, ServeSettings
 
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"
 
 
 def gunicorn_options(host: str, port: int, workers: int, settings: ServeSettings) -> dict:
-    # the model loads in each worker after the fork (no preload): loading can take longer than a request
+    # the model loads in each worker after the fork (no preload): loading can take longer than a request.
+    # No control socket: gunicorn 23+ puts one at ~/.gunicorn/gunicorn.ctl, shared by every instance of a
+    # user, and an instance that exits removes the socket of another still running.
     return {"bind": f"{host}:{port}", "workers": workers, "worker_class": WORKER_CLASS,
             "timeout": max(120, int(settings.timeout_s * 4)), "graceful_timeout": int(settings.timeout_s) + 5,
-            "keepalive": 5, "accesslog": "-", "errorlog": "-", "loglevel": "info",
+            "keepalive": KEEPALIVE_S, "accesslog": "-", "errorlog": "-", "loglevel": "info",
+            "control_socket_disable": True,
             "post_fork": lambda server, worker: die_with_parent(), "worker_exit": _mark_dead}
 
 

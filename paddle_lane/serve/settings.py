@@ -9,6 +9,10 @@ from dataclasses import dataclass
 from paddle_lane.errors import UserError
 
 ENV_PREFIX = "PADDLE_LANE_"
+# gunicorn's idle keep-alive (s), for `paddle-lane serve` and deploy/gunicorn.conf.py alike: above the front
+# proxy's upstream keepalive_timeout (deploy/nginx.conf, 60 s), so the proxy closes idle connections first and
+# never sends a request on one the server is closing.
+KEEPALIVE_S = 75
 
 
 @dataclass(frozen=True)
