@@ -356,7 +356,7 @@ def cmd_client(args, argv) -> int:
     from paddle_lane.serve.client import run_client
     return run_client(args.url, args.images, args.list, args.out, concurrency=args.concurrency,
                       retries=args.retries, timeout_s=args.timeout_s, config=args.config, opts=args.opts,
-                      no_zip=args.no_zip)
+                      no_zip=args.no_zip, overwrite=args.overwrite)
 
 
 def cmd_validate(args, argv) -> int:
@@ -509,6 +509,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retries", type=int, default=5, help="attempts per image on 503/504/connection errors")
     p.add_argument("--timeout-s", type=float, default=120.0, help="per request")
     p.add_argument("--no-zip", action="store_true")
+    p.add_argument("--overwrite", action="store_true",
+                   help="--out holds another model's submission: move it aside and start over")
     _add_config_args(p)
     p.set_defaults(func=cmd_client)
 

@@ -1,9 +1,13 @@
 """`paddle-lane client`: a submission folder from a served model. Uploads run concurrently,
 each answer is written atomically under the name infer gives it, finished files are skipped on a
 rerun, and 503/504/connection failures are retried with backoff (a bounded number of times);
-an image the service refuses (4xx) is reported and skipped, not fatal."""
+an image the service refuses (4xx) is reported and skipped, not fatal. The folder's manifest.json
+records the served model's identity (GET /v1/model) and infer's rules apply to a used --out
+(infer/manifest.py): the same model resumes, another one or PNGs without a manifest are refused,
+and --overwrite moves the old folder aside."""
 from __future__ import annotations
 
+import logging
 import time
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
@@ -44,11 +48,12 @@ def post_image(client, url: str, path: str, retries: int, timeout_s: float) -> b
 
 def run_client(url: str, images_dir: str | None, list_csv: str | None, out: str, concurrency: int = 8,
                retries: int = 5, timeout_s: float = 120.0, config: str | None = None, opts=None,
-               no_zip: bool = False) -> int:
+               no_zip: bool = False, overwrite: bool = False) -> int:
     """Write the service's answers as a submission folder; 0 when every image was answered."""
     import httpx
     from paddle_lane.config import load_config
     from paddle_lane.infer.commands import images_from
+    from paddle_lane.infer.manifest import claim_folder, served_manifest
     from paddle_lane.infer.submission import is_finished, output_name, write_zip, zip_path_for
     if concurrency < 1 or retries < 1:
         raise UserError("--concurrency and --retries must be >= 1")
@@ -56,14 +61,20 @@ def run_client(url: str, images_dir: str | None, list_csv: str | None, out: str,
     cfg = load_config(config, opts)
     images = images_from(images_dir, list_csv, exclude=[out])
     out_dir = Path(out)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("httpx", "httpcore"):  # one progress bar, not a log line per request
+        logging.getLogger(name).setLevel(logging.WARNING)
     with httpx.Client(limits=httpx.Limits(max_connections=concurrency)) as client:
         try:
             ready = client.get(f"{url}/readyz", timeout=10)
+            model = client.get(f"{url}/v1/model", timeout=10) if ready.status_code == 200 else None
         except httpx.TransportError as exc:
             raise UserError(f"{url}: not reachable ({exc})") from None
         if ready.status_code != 200:
             raise UserError(f"{url}: not ready ({ready.status_code} {ready.text[:100]})")
+        if model.status_code != 200:
+            raise UserError(f"{url}/v1/model: {model.status_code} {model.text[:100]} (the served model's "
+                            "identity is needed to keep a submission one model's)")
+        print(claim_folder(out_dir, served_manifest(model.json(), ready.json().get("backend")), overwrite))
         outs = [out_dir / output_name(path, cfg.infer.name_suffix) for _, path in images]
         todo, failed = [], []
         for (key, path), dest in zip(images, outs):
