@@ -34,13 +34,13 @@ def cache_root() -> Path:
 
 def fetch_weights(path: str, key: str = "weights") -> str:
     """A local .pdparams file for `path` (a file, a checkpoint folder or a URL); a missing file
-    or a failed download is a UserError naming `key` (the config key) and the path."""
+    (FileNotFoundError) or a failed download (UserError) is one line naming `key` and the path."""
     path = str(path)
     if is_url(path):
         return _download(path, key)
     local = os.path.join(path, "model.pdparams") if os.path.isdir(path) else path
     if not os.path.isfile(local):
-        raise UserError(f"{key}: weights file not found: {local}")
+        raise FileNotFoundError(f"{key}: weights file not found: {local}")
     return local
 
 

@@ -7,9 +7,14 @@ wait on one model thread, or on Redis, without a thread each).
     GET  /v1/model  the model's identity (deploy.yml without the exporter's paths; hashes and sizes of the
                     served files)      GET /metrics  Prometheus
 
-Every refusal is JSON {"error": "..."} with a 4xx status: 400 empty/corrupt/bad format, 413 too
-big, 415 not a JPEG or PNG, 422 too small; 503 with Retry-After when the queue is full, 504 when
-the answer takes longer than timeout_s. No input gives a 500 or stops the service.
+Every refusal is JSON {"error": "..."}: 400 empty/corrupt/bad format, 404/405 no such route,
+408 the upload did not arrive in time, 413 too big (counted as the bytes arrive, whatever the
+body's shape), 415 not a JPEG or PNG, 422 too small; 503 with Retry-After when max_queue
+requests are already in flight, 504 when the answer is not ready within timeout_s. The deadline
+covers the whole request (reading, decoding, inference, rendering) and the in-flight count holds
+a request until its last stage has ended, even one already answered 504. No input gives a 500
+or stops the service. There is no /docs page (FastAPI's loads its scripts from a public CDN,
+blank on an offline host); the schema is at /openapi.json.
 """
 from __future__ import annotations
 
@@ -20,8 +25,11 @@ import time
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 
 from paddle_lane.serve import metrics
 from paddle_lane.serve.batcher import MicroBatcher, Overloaded
@@ -30,6 +38,11 @@ from paddle_lane.serve.frames import (FORMATS, IMAGE_TYPES, BadInput, check_form
 from paddle_lane.serve.settings import ServeSettings
 
 RETRY_AFTER_S = 1
+MULTIPART_OVERHEAD = 64 * 1024  # form boundaries and headers allowed on top of the image limit
+
+
+class PastDeadline(Exception):
+    """The request's deadline passed before its answer was ready (504)."""
 
 
 def error(status: int, message: str, reason: str, headers: dict | None = None) -> JSONResponse:
@@ -62,6 +75,8 @@ def load_local_model(settings: ServeSettings):
 def create_app(settings: ServeSettings) -> FastAPI:
     state: dict = {"ready": False, "predictor": None, "batcher": None, "queue": None, "info": None}
 
+    in_flight = [0]  # requests past admission whose work has not ended (this process)
+
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         from paddle_lane.deploy.runtime import model_identity, read_deploy
@@ -93,7 +108,17 @@ def create_app(settings: ServeSettings) -> FastAPI:
         if state["queue"] is not None:
             await state["queue"].close()
 
-    app = FastAPI(title="paddle-lane", summary="ApolloScape lane segmentation", lifespan=lifespan)
+    app = FastAPI(title="paddle-lane", summary="ApolloScape lane segmentation", lifespan=lifespan,
+                  docs_url=None, redoc_url=None)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_request, exc: StarletteHTTPException):  # 404, 405: JSON like every refusal
+        return error(exc.status_code, str(exc.detail), f"http_{exc.status_code}", getattr(exc, "headers", None))
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid_request(_request, exc: RequestValidationError):
+        where = "; ".join(f"{'.'.join(map(str, e.get('loc', ())))}: {e.get('msg')}" for e in exc.errors()[:3])
+        return error(422, f"invalid request ({where})", "http_422")
 
     @app.get("/healthz")
     async def healthz():
@@ -103,8 +128,11 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def readyz():
         if not state["ready"]:
             return JSONResponse({"ready": False, "reason": "model loading"}, status_code=503)
-        if state["queue"] is not None and not await state["queue"].ping():
-            return JSONResponse({"ready": False, "reason": "redis unreachable"}, status_code=503)
+        if state["queue"] is not None:
+            if not await state["queue"].ping():
+                return JSONResponse({"ready": False, "reason": "redis unreachable"}, status_code=503)
+            if not await state["queue"].live_workers():
+                return JSONResponse({"ready": False, "reason": "no live worker reads the queue"}, status_code=503)
         return {"ready": True, "mode": "redis" if settings.redis else "local",
                 "backend": None if settings.redis else state["predictor"].backend}
 
@@ -130,43 +158,74 @@ def create_app(settings: ServeSettings) -> FastAPI:
     async def _segment(request: Request, fmt: str) -> Response:
         if not state["ready"]:
             return error(503, "model loading", "not_ready", {"Retry-After": str(RETRY_AFTER_S)})
-        max_bytes = int(settings.max_upload_mb * 2**20)
         try:
             check_format(fmt)
-            data = await _read_upload(request, max_bytes)
-            full_size = inspect_upload(data, max_bytes, settings.max_pixels, state["geometry"])
         except BadInput as exc:
             return error(exc.status, exc.message, f"http_{exc.status}")
+        if in_flight[0] >= settings.max_queue:
+            return error(503, f"overloaded: {in_flight[0]} requests in flight (limit {settings.max_queue}); retry later",
+                         "overloaded", {"Retry-After": str(RETRY_AFTER_S)})
+        deadline = time.time() + settings.timeout_s  # for the whole request, from here
+        in_flight[0] += 1
+        progress = {"uploaded": False}
+        work = asyncio.ensure_future(_answer(request, fmt, deadline, progress))
+        work.add_done_callback(lambda _: in_flight.__setitem__(0, in_flight[0] - 1))  # when its last stage ends
         try:
+            # the work is not cancelled at the deadline (a decode in a thread cannot be): it stops at
+            # its next stage boundary, and holds its in-flight place until then
+            return await asyncio.wait_for(asyncio.shield(work), max(0.0, deadline - time.time()))
+        except asyncio.TimeoutError:
+            if not progress["uploaded"]:  # the client's fault, not the service's
+                return error(408, f"the upload did not arrive within {settings.timeout_s} s", "http_408")
+            return error(504, f"no answer within {settings.timeout_s} s", "timeout")
+
+    async def _answer(request: Request, fmt: str, deadline: float, progress: dict) -> Response:
+        max_bytes = int(settings.max_upload_mb * 2**20)
+        try:
+            data = await _read_upload(request, max_bytes, deadline)
+            progress["uploaded"] = True
+            full_size = inspect_upload(data, max_bytes, settings.max_pixels, state["geometry"])
             if state["queue"] is not None:
                 try:
-                    return await _via_redis(data, fmt)
+                    return await _via_redis(data, fmt, deadline)
                 except (OSError, ConnectionError, TimeoutError) as exc:
                     raise Overloaded(f"the request queue is unreachable ({type(exc).__name__})") from None
                 except Exception as exc:
                     if type(exc).__module__.startswith("redis"):  # RedisError and its kinds: the queue, not the input
                         raise Overloaded(f"the request queue failed ({type(exc).__name__})") from None
                     raise
-            return await _local(data, full_size, fmt)
+            return await _local(data, full_size, fmt, deadline)
         except BadInput as exc:
             return error(exc.status, exc.message, f"http_{exc.status}")
         except Overloaded as exc:
             return error(503, f"overloaded: {exc}; retry later", "overloaded", {"Retry-After": str(RETRY_AFTER_S)})
+        except PastDeadline:
+            return error(504, f"no answer within {settings.timeout_s} s", "timeout")
+        except ClientDisconnect:
+            print(f"client {request.client.host if request.client else '?'} disconnected during its upload",
+                  flush=True)
+            return error(400, "client disconnected during the upload", "disconnected")
 
-    async def _local(data: bytes, full_size: tuple[int, int], fmt: str) -> Response:
+    def _check_time(deadline: float) -> None:
+        if time.time() >= deadline:
+            raise PastDeadline()
+
+    async def _local(data: bytes, full_size: tuple[int, int], fmt: str, deadline: float) -> Response:
         predictor = state["predictor"]
         inputs = await run_in_threadpool(model_inputs, predictor, data, full_size)
+        _check_time(deadline)
         try:
-            probs = await asyncio.wait_for(state["batcher"].submit(inputs), settings.timeout_s)
+            probs = await asyncio.wait_for(state["batcher"].submit(inputs), max(0.0, deadline - time.time()))
         except asyncio.TimeoutError:
-            return error(504, f"no answer within {settings.timeout_s} s", "timeout")
+            raise PastDeadline() from None
+        _check_time(deadline)
         body = await run_in_threadpool(render_answer, predictor, probs, data, full_size, fmt)
         return Response(body, media_type=FORMATS[fmt])
 
-    async def _via_redis(data: bytes, fmt: str) -> Response:
+    async def _via_redis(data: bytes, fmt: str, deadline: float) -> Response:
         queue = state["queue"]
         metrics.QUEUE_DEPTH.set(await queue.depth())
-        got = await queue.submit(data, fmt, settings.timeout_s)
+        got = await queue.submit(data, fmt, deadline)
         if got is None:
             return error(504, f"no worker answered within {settings.timeout_s} s", "timeout")
         status, content_type, body = got
@@ -177,15 +236,45 @@ def create_app(settings: ServeSettings) -> FastAPI:
     return app
 
 
-async def _read_upload(request: Request, max_bytes: int) -> bytes:
-    """The image bytes of a multipart form (field `image`) or of a raw image body; size-capped."""
+async def _read_body(request: Request, limit: int, deadline: float) -> bytes:
+    """The raw body, counted as it arrives: past `limit` bytes it is refused (413) without reading
+    the rest, whatever the body's shape (declared length, chunked, multipart); not complete by
+    `deadline` (a client that declares more than it sends) it is refused (408)."""
     declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
-        raise BadInput(413, f"upload of {declared} bytes is over the limit of {max_bytes}")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise BadInput(413, f"upload of {declared} bytes is over the limit of {limit}")
+    chunks, received = [], 0
+    stream = request.stream().__aiter__()
+    while True:
+        try:
+            chunk = await asyncio.wait_for(stream.__anext__(), max(0.0, deadline - time.time()))
+        except StopAsyncIteration:
+            break
+        except asyncio.TimeoutError:
+            raise BadInput(408, f"the upload did not arrive in time ({received} bytes received)") from None
+        received += len(chunk)
+        if received > limit:
+            raise BadInput(413, f"upload over the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _read_upload(request: Request, max_bytes: int, deadline: float) -> bytes:
+    """The image bytes of a multipart form (field `image`) or of a raw image body; size-capped and
+    timed as they arrive (_read_body); the form is parsed from the bytes already read."""
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type == "multipart/form-data":
+        body = await _read_body(request, max_bytes + MULTIPART_OVERHEAD, deadline)
+        sent = [False]
+
+        async def replay():  # the body read above, once, for Starlette's form parser
+            if sent[0]:
+                return {"type": "http.disconnect"}
+            sent[0] = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
         try:
-            form = await request.form(max_files=1, max_fields=8)
+            form = await Request(request.scope, replay).form(max_files=1, max_fields=8)
         except Exception as exc:  # malformed multipart
             raise BadInput(400, f"unreadable multipart body ({exc})") from None
         upload = form.get("image")
@@ -194,11 +283,7 @@ async def _read_upload(request: Request, max_bytes: int) -> bytes:
         data = await upload.read(max_bytes + 1)
         await form.close()
     elif content_type in IMAGE_TYPES.values():
-        data = b""
-        async for chunk in request.stream():
-            data += chunk
-            if len(data) > max_bytes:
-                break
+        data = await _read_body(request, max_bytes, deadline)
     else:
         raise BadInput(415, f"content type {content_type or 'none'!r}: send multipart/form-data (field 'image'), "
                             "image/jpeg or image/png")

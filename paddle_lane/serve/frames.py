@@ -91,11 +91,40 @@ def class_counts(train_ids: np.ndarray, scheme) -> dict:
             "lane_fraction": float(counts[1:].sum() / total) if total else 0.0}
 
 
+# An overlay is for looking at: drawn at most at a competition frame's area (3384 x 1710), so a huge
+# upload costs what a frame costs (a 6000 x 6000 PNG overlay took 1.5 GB and 5.6 s drawn full size).
+OVERLAY_MAX_PIXELS = 3384 * 1710
+
+
+def overlay_size(full_size: tuple[int, int]) -> tuple[int, int]:
+    """The size an overlay is drawn at: the upload's, scaled down to OVERLAY_MAX_PIXELS if larger."""
+    w, h = full_size
+    if w * h <= OVERLAY_MAX_PIXELS:
+        return w, h
+    scale = (OVERLAY_MAX_PIXELS / (w * h)) ** 0.5
+    return max(1, int(w * scale)), max(1, int(h * scale))
+
+
+def decode_upload_at(data: bytes, full_size: tuple[int, int], size: tuple[int, int]) -> np.ndarray:
+    """The upload as RGB at `size`: decoded at the largest JPEG DCT reduction that still covers it
+    (PNGs are decoded whole, then shrunk), then area-resized to exactly `size`."""
+    reduce = next(r for r in (8, 4, 2, 1) if full_size[0] // r >= size[0] and full_size[1] // r >= size[1])
+    try:
+        rgb = decode_image(data, reduce, "upload")
+    except UnreadableFileError as exc:
+        raise BadInput(400, f"corrupt image: {exc}") from None
+    if (rgb.shape[1], rgb.shape[0]) != size:
+        rgb = cv2.resize(rgb, size, interpolation=cv2.INTER_AREA)
+    return rgb
+
+
 def render_answer(predictor, probs: np.ndarray, data: bytes, full_size: tuple[int, int], fmt: str) -> bytes:
-    """The body for one prediction: full-size ids rendered in `fmt` (the upload is decoded whole
-    only for an overlay)."""
-    ids = predictor.to_train_ids(probs, full_size)
-    return render(ids, fmt, predictor.scheme, decode_upload(data) if fmt == "overlay" else None)
+    """The body for one prediction: full-size ids rendered in `fmt`, or an overlay drawn at
+    overlay_size (the upload is decoded for an overlay only)."""
+    if fmt == "overlay":
+        size = overlay_size(full_size)
+        return render(predictor.to_train_ids(probs, size), fmt, predictor.scheme, decode_upload_at(data, full_size, size))
+    return render(predictor.to_train_ids(probs, full_size), fmt, predictor.scheme)
 
 
 def render(train_ids: np.ndarray, fmt: str, scheme, rgb: np.ndarray | None = None) -> bytes:

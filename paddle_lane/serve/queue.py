@@ -21,6 +21,8 @@ import numpy as np
 STREAM = "paddle_lane:requests"
 GROUP = "paddle_lane:workers"
 RESULT = "paddle_lane:result:"
+ALIVE = "paddle_lane:alive"     # sorted set: worker name -> time (epoch s) its heartbeat runs out
+ALIVE_TTL_S = 30                # a worker silent this long no longer counts as serving (/readyz)
 HEARTBEAT_ENV = "PADDLE_LANE_HEARTBEAT"   # file a worker touches while it serves (unset: none)
 
 # ack + delete the entry, and push the answer only if this call acknowledged it (exactly once)
@@ -65,15 +67,22 @@ class RedisQueue:
     async def depth(self) -> int:
         return int(await self.redis.xlen(STREAM))
 
-    async def submit(self, data: bytes, fmt: str, timeout_s: float) -> tuple[int, str, bytes] | None:
-        """(status, content type, body), or None when no worker answered within timeout_s."""
+    async def live_workers(self) -> int:
+        """Workers whose heartbeat has not run out (none after Redis restarted empty, until they beat)."""
+        return int(await self.redis.zcount(ALIVE, time.time(), "+inf"))
+
+    async def submit(self, data: bytes, fmt: str, deadline: float) -> tuple[int, str, bytes] | None:
+        """(status, content type, body), or None when no worker answered by `deadline` (epoch s)."""
         from paddle_lane.serve.batcher import Overloaded
         if await self.depth() >= self.max_queue:
             raise Overloaded(f"{self.max_queue} requests already queued for the workers")
         rid = uuid.uuid4().hex
-        deadline = time.time() + timeout_s
         await self.redis.xadd(STREAM, {"id": rid, "fmt": fmt, "deadline": f"{deadline:.3f}", "image": data})
-        got = await self.redis.blpop([RESULT + rid], timeout=max(0.01, deadline - time.time()))
+        remaining = deadline - time.time()
+        if remaining <= 0:
+            return None
+        # BLPOP takes whole or fractional seconds; 0 would mean forever
+        got = await self.redis.blpop([RESULT + rid], timeout=max(0.01, remaining))
         return unpack(got[1]) if got else None
 
     async def close(self) -> None:
@@ -97,12 +106,23 @@ class Worker:
         self.heartbeat = os.environ.get(HEARTBEAT_ENV) or None
 
     def ensure_group(self) -> None:
+        """Create the stream and the group if absent (first start, or Redis restarted empty: then
+        XREADGROUP fails with NOGROUP until they exist again). From id 0: entries added meanwhile
+        are read too."""
         import redis
         try:
             self.redis.xgroup_create(STREAM, GROUP, id="0", mkstream=True)
         except redis.ResponseError as exc:
             if "BUSYGROUP" not in str(exc):
                 raise
+
+    def publish_alive(self) -> None:
+        """This worker serves: its heartbeat in Redis (what /readyz counts), expired ones removed."""
+        now = time.time()
+        pipe = self.redis.pipeline()
+        pipe.zadd(ALIVE, {self.consumer: now + ALIVE_TTL_S})
+        pipe.zremrangebyscore(ALIVE, "-inf", now)
+        pipe.execute()
 
     def next_batch(self, block_ms: int = 1000) -> list:
         """Entries of dead or silent workers first, then new ones (blocking at most block_ms)."""
@@ -141,19 +161,34 @@ class Worker:
             except BadInput as exc:
                 answered += self.answer(entry_id, rid, exc.status, "application/json", _error_body(exc.message))
                 continue
-            ready.append((entry_id, rid, fmt, data, full_size, inputs))
+            ready.append((entry_id, rid, fmt, data, full_size, inputs, float(fields[b"deadline"])))
+        ready = self._within_deadline(ready)  # decoding took time too
         if ready:
             t0 = time.perf_counter()
             probs = p.predict_batch([np.stack([r[5][k] for r in ready]) for k in range(len(ready[0][5]))])
             BATCH_SIZE.observe(len(ready))
             BATCH_SECONDS.observe(time.perf_counter() - t0)
-            for (entry_id, rid, fmt, data, full_size, _), prob in zip(ready, probs):
+            for (entry_id, rid, fmt, data, full_size, _, deadline), prob in zip(ready, probs):
+                if deadline < time.time():  # nobody waits for it any more: no render, no answer
+                    self.drop(entry_id)
+                    continue
                 body = render_answer(p, prob, data, full_size, fmt)
                 answered += self.answer(entry_id, rid, 200, FORMATS[fmt], body)
         self.answered += answered
         return answered
 
+    def _within_deadline(self, ready: list) -> list:
+        """The entries whose caller still waits; the others are acknowledged and dropped."""
+        now, kept = time.time(), []
+        for r in ready:
+            if r[-1] < now:
+                self.drop(r[0])
+            else:
+                kept.append(r)
+        return kept
+
     def beat(self) -> None:
+        self.publish_alive()
         if self.heartbeat:
             touch(self.heartbeat)
 
@@ -173,7 +208,15 @@ class Worker:
                     self.process(entries)
                 down_since = None
                 self.beat()
+            except redis.ResponseError as exc:
+                if "NOGROUP" not in str(exc):
+                    raise
+                # Redis came back empty: the stream and the group are gone; make them again and go on
+                log(f"worker {self.consumer}: the stream's group is gone (Redis restarted empty?); creating it again")
+                grouped = False
+                down_since = None
             except (redis.ConnectionError, redis.TimeoutError) as exc:
+                grouped = False  # it may come back empty
                 now = time.monotonic()
                 if down_since is None:
                     down_since = now
@@ -183,6 +226,10 @@ class Worker:
                         "stopping (requests it held are taken over by other workers)")
                     return 3
                 time.sleep(1.0)
+        try:
+            self.redis.zrem(ALIVE, self.consumer)  # /readyz stops counting this worker at once
+        except redis.RedisError:
+            pass
         log(f"worker {self.consumer}: stopped after answering {self.answered} request(s)")
         return 0
 
