@@ -353,7 +353,9 @@ def cmd_worker(args, argv) -> int:
 
 
 def cmd_client(args, argv) -> int:
+    from data_prep.folder_lock import hold_folder
     from paddle_lane.serve.client import run_client
+    hold_folder(args.out, "client")  # two clients on one folder would race (infer and prepare lock theirs)
     return run_client(args.url, args.images, args.list, args.out, concurrency=args.concurrency,
                       retries=args.retries, timeout_s=args.timeout_s, config=args.config, opts=args.opts,
                       no_zip=args.no_zip, overwrite=args.overwrite)

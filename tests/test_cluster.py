@@ -152,8 +152,8 @@ time.sleep(120)
 """
 
 
-@pytest.mark.parametrize("verb", ["prepare", "infer"])
-def test_prepare_and_infer_refuse_an_output_folder_in_use(prepared_synth, tmp_path, verb):
+@pytest.mark.parametrize("verb", ["prepare", "infer", "client"])
+def test_prepare_infer_and_client_refuse_an_output_folder_in_use(prepared_synth, tmp_path, verb):
     raw, lists = prepared_synth
     out = tmp_path / "out"
     holder = subprocess.Popen([sys.executable, "-c", HOLD_SCRIPT, str(out), verb], env=ENV, stdout=subprocess.PIPE,
@@ -163,9 +163,12 @@ def test_prepare_and_infer_refuse_an_output_folder_in_use(prepared_synth, tmp_pa
         if verb == "prepare":
             cmd = [sys.executable, "-m", "paddle_lane.cli", "prepare", "--data-root", str(raw), "--out", str(out),
                    "--config", str(CONFIG), "--opts", "data.crop_offset=76", "data.frame_height=192"]
-        else:
+        elif verb == "infer":
             cmd = [sys.executable, "-m", "paddle_lane.cli", "infer", "--config", str(CONFIG), "--checkpoint",
                    str(tmp_path / "no_such_ckpt"), "--list", str(lists / "val.csv"), "--out", str(out)]
+        else:  # refused before the (unreachable) service is asked anything
+            cmd = [sys.executable, "-m", "paddle_lane.cli", "client", "--url", "http://127.0.0.1:9", "--list",
+                   str(lists / "val.csv"), "--out", str(out), "--config", str(CONFIG)]
         res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
     finally:
         holder.kill()
