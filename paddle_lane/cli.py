@@ -250,7 +250,7 @@ def cmd_demo(args, argv) -> int:
 
 
 TTA_CHOICES = ("flip", "none")
-BACKEND_CHOICES = ("onnxruntime", "paddle-inference", "dygraph")
+BACKEND_CHOICES = ("onnxruntime", "onnxruntime-int8", "paddle-inference", "dygraph")
 
 
 def _tta_flip(args):
@@ -304,7 +304,8 @@ def cmd_export(args, argv) -> int:
     configs = split_list(args.member_configs) or None
     info = export_model(cfg, split_list(args.checkpoint), parse_floats(args.weights, "weights"), flip=_tta_flip(args),
                         formats=args.format, out=args.out, member_configs=configs, samples=split_list(args.sample),
-                        force=args.force)
+                        force=args.force, quantize=args.quantize, calib=args.calib, calib_frames=args.calib_frames,
+                        calib_method=args.calib_method, max_drop=args.max_drop)
     print(format_export(info, args.out))
     return 0
 
@@ -474,6 +475,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--sample", help="image(s) the self-check predicts, comma-separated (default: a synthetic frame)")
     p.add_argument("--out", required=True, help="export folder")
     p.add_argument("--force", action="store_true", help="--out is not empty: move it aside and export afresh")
+    p.add_argument("--quantize", choices=["int8"], help="also write model.int8.onnx per member (CPU serving: "
+                   "--backend onnxruntime-int8), calibrated on real frames and checked against the labels")
+    p.add_argument("--calib", help="calibration frames: a prepare list with labels, or a dataset folder "
+                   "(default: data.lists_dir/val.csv)")
+    p.add_argument("--calib-frames", type=int, default=8, help="frames to calibrate on (as many again are held out)")
+    p.add_argument("--calib-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    p.add_argument("--max-drop", type=float, default=0.01,
+                   help="refuse an INT8 graph whose mIoU (8 classes) is lower than dygraph's by more than this")
     p.set_defaults(func=cmd_export)
 
     def serving_args(p, batch_default):

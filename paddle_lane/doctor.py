@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 # What serving and the deployment chain import; native code loads with each.
-MODULES = ("paddle", "paddle.inference", "onnxruntime", "cv2", "paddleseg", "onnx", "paddle2onnx",
-           "fastapi", "gunicorn", "uvicorn_worker", "redis", "prometheus_client", "multipart", "httpx")
+MODULES = ("paddle", "paddle.inference", "onnxruntime", "onnxruntime.quantization", "cv2", "paddleseg", "onnx",
+           "paddle2onnx", "fastapi", "gunicorn", "uvicorn_worker", "redis", "prometheus_client", "multipart", "httpx")
 TOLERANCE = 1e-4  # largest probability difference accepted between a backend and its reference
 
 

@@ -30,7 +30,7 @@ import yaml
 from data_prep.io_utils import atomic_write_text
 from data_prep.label_io import read_image
 from paddle_lane.config import save_config
-from paddle_lane.deploy.runtime import CONFIG_FILE, DEPLOY_FILE, FORMAT_VERSION, export_predictor
+from paddle_lane.deploy.runtime import CONFIG_FILE, DEPLOY_FILE, FORMAT_VERSION, INT8_FILE, export_predictor
 from paddle_lane.engine.checkpoint import file_digest, resolve_weights
 from paddle_lane.engine.run_dir import move_aside
 from paddle_lane.errors import UserError
@@ -141,11 +141,17 @@ def deploy_info(predictor, cfg, formats: str, checks: dict) -> dict:
 
 def export_model(cfg, checkpoints, weights=None, flip: bool | None = None, formats: str = "both",
                  out: str | os.PathLike = "export", member_configs=None, samples=(), force: bool = False,
-                 tolerance: float = PROB_TOLERANCE) -> dict:
-    """Export checkpoints (an ensemble when several) into `out`; returns deploy.yml's content."""
+                 tolerance: float = PROB_TOLERANCE, quantize: str | None = None, calib: str | None = None,
+                 calib_frames: int = 8, calib_method: str = "minmax", max_drop: float = 0.01) -> dict:
+    """Export checkpoints (an ensemble when several) into `out`; returns deploy.yml's content. With
+    quantize="int8", also an INT8 ONNX graph per member, calibrated on `calib` (deploy/quantize.py)."""
     from paddle_lane.infer.predictor import Predictor
     if formats not in FORMATS:
         raise UserError(f"--format {formats!r}: choose from {list(FORMATS)}")
+    if quantize not in (None, "int8"):
+        raise UserError(f"--quantize {quantize!r}: only int8 is offered")
+    if quantize and formats == "paddle":
+        raise UserError("--quantize int8 quantizes the ONNX graph: export with --format onnx or both")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not force:
         raise UserError(f"{out} exists and is not empty: choose another --out, or pass --force to move it aside")
@@ -179,6 +185,10 @@ def export_model(cfg, checkpoints, weights=None, flip: bool | None = None, forma
                                 f"(tolerance {tolerance:.0e}), ids equal on {100 * res['id_agreement']:.3f} % of pixels "
                                 f"(need {100 * ID_AGREEMENT:.1f} %); nothing kept")
         info["self_check"] = checks
+        if quantize:
+            from paddle_lane.deploy.quantize import quantize_export
+            info["quantization"] = quantize_export(tmp, reference, cfg, info, calib, calib_frames, calib_method,
+                                                   max_drop)
         atomic_write_text(tmp / DEPLOY_FILE, yaml.safe_dump(info, sort_keys=False))
         moved = move_aside(out) if out.exists() and any(out.iterdir()) else None
         if out.exists():
@@ -199,6 +209,15 @@ def format_export(info: dict, out) -> str:
     for backend, r in info["self_check"]["backends"].items():
         lines.append(f"  self-check {backend}: max |p diff| {r['max_abs_prob_diff']:.1e}, ids equal on "
                      f"{100 * r['id_agreement']:.4f} % of pixels ({info['self_check']['frames']} frame(s))")
+    q = info.get("quantization")
+    if q:
+        c = q["calibration"]
+        lines.append(f"  INT8 ({q['format']}, per-tensor): {INT8_FILE} per member, calibrated ({c['method']}) on "
+                     f"{c['frames']} frame(s) of {c['source']}")
+        for name, s in q["self_check"]["sets"].items():
+            if s["miou_drop"] is not None:
+                lines.append(f"  INT8 self-check, {name} ({s['frames']} frames): mIoU dygraph {s['dygraph']['miou']:.4f}, "
+                             f"INT8 {s['int8']['miou']:.4f} (drop {s['miou_drop']:+.4f}, bound {q['self_check']['max_drop']})")
     if info.get("moved_aside"):
         lines.append(f"  the previous contents of {out} were moved aside to {info['moved_aside']}")
     return "\n".join(lines)

@@ -20,8 +20,9 @@ from paddle_lane.errors import UserError
 
 DEPLOY_FILE = "deploy.yml"
 CONFIG_FILE = "config.yml"
-BACKENDS = ("onnxruntime", "paddle-inference", "dygraph")
+BACKENDS = ("onnxruntime", "onnxruntime-int8", "paddle-inference", "dygraph")
 FORMAT_VERSION = 1
+INT8_FILE = "model.int8.onnx"   # beside model.onnx when exported with --quantize int8
 
 
 def export_formats(info: dict | None) -> set[str]:
@@ -62,7 +63,7 @@ def model_identity(export_dir: str | os.PathLike, info: dict | None = None) -> d
         members.append({"size": m["size"], "mean": m["mean"], "std": m["std"], "weight": m["weight"],
                         "arch": m.get("arch"), "checkpoint_sha256": m.get("checkpoint_sha256"), "files": files})
     keep = ("format_version", "created", "paddle_version", "paddle_lane_version", "input", "output", "scheme",
-            "class_names", "decode", "tta", "formats", "self_check")
+            "class_names", "decode", "tta", "formats", "self_check", "quantization")
     out = {k: info[k] for k in keep if k in info}
     out["input"] = {k: v for k, v in (info.get("input") or {}).items()}
     out["members"] = members
@@ -150,14 +151,15 @@ class StaticGraphRunner:
 
 def make_runner(member_dir: Path, backend: str, threads: int | None = None):
     """The callable for one exported member; a missing file is a one-line error naming it."""
-    need = {"onnxruntime": ["model.onnx"], "paddle-inference": ["model.json", "model.pdiparams"],
-            "dygraph": ["model.json", "model.pdiparams"]}[backend]
+    need = {"onnxruntime": ["model.onnx"], "onnxruntime-int8": [INT8_FILE],
+            "paddle-inference": ["model.json", "model.pdiparams"], "dygraph": ["model.json", "model.pdiparams"]}[backend]
     for name in need:
         if not (member_dir / name).is_file():
+            how = "export with --quantize int8" if backend == "onnxruntime-int8" else "export with --format both"
             raise UserError(f"{member_dir / name} missing: backend {backend} needs {', '.join(need)} "
-                            "(export with --format both, or choose another --backend)")
-    if backend == "onnxruntime":
-        return OnnxRunner(member_dir / "model.onnx", threads)
+                            f"({how}, or choose another --backend)")
+    if backend in ("onnxruntime", "onnxruntime-int8"):
+        return OnnxRunner(member_dir / need[0], threads)
     if backend == "paddle-inference":
         return PaddleInferenceRunner(member_dir / "model.json", member_dir / "model.pdiparams", threads)
     return StaticGraphRunner(member_dir / "model")
