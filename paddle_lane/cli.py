@@ -421,7 +421,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", required=True, help="checkpoint folder(s) or .pdparams, comma-separated for an "
                    "ensemble; or an export folder (paddle-lane export), which needs no --config")
     p.add_argument("--backend", choices=BACKEND_CHOICES,
-                   help="for an export folder (default: onnxruntime on CPU, paddle-inference on GPU)")
+                   help="an export folder's default: onnxruntime on CPU, paddle-inference on GPU; checkpoints: dygraph, "
+                        "or onnxruntime / paddle-inference through an export made once and cached")
     p.add_argument("--gpus", help="card id(s); several (e.g. 0,1) shard the images over one process per card")
     p.add_argument("--nproc", type=int, default=1, help="processes sharing the images (CPU), via paddle.distributed.launch")
     p.add_argument("--weights", help="ensemble weights, comma-separated (default: equal)")

@@ -104,17 +104,29 @@ def _predictor(cfg, checkpoints: str, weights: str | None = None, flip: bool | N
             raise ValueError("--weights / --member-configs: an export folder has its members and weights built in")
         return export_predictor(export, backend, flip=flip, scales=parse_floats(scales, "scales"), device=device,
                                 cfg=cfg)
-    if backend not in (None, "dygraph"):
-        raise ValueError(f"--backend {backend}: only an export folder (paddle-lane export) runs on {backend}; "
-                         "checkpoints run in Paddle (dygraph)")
     ckpts = split_list(checkpoints)
     if not ckpts:
         raise ValueError("no checkpoint given (comma-separated checkpoint folders or .pdparams files)")
     configs = split_list(member_configs) or None
     if configs is not None and len(configs) != len(ckpts):
         raise ValueError(f"--member-configs: {len(configs)} config(s) for {len(ckpts)} checkpoint(s)")
+    if backend not in (None, "dygraph"):
+        return _cached_predictor(cfg, ckpts, weights, flip, scales, device, configs, backend)
     return Predictor(cfg, ckpts, parse_floats(weights, "weights"), flip=flip,
                      scales=parse_floats(scales, "scales"), device=device, member_configs=configs)
+
+
+def _cached_predictor(cfg, ckpts: list[str], weights, flip, scales, device, configs, backend: str):
+    """Checkpoints on an exported backend: exported once into the cache (deploy/cache.py), then run as an
+    export folder with this command's TTA; members keep the checkpoint paths given here."""
+    from paddle_lane.deploy.cache import cached_export
+    from paddle_lane.deploy.runtime import export_predictor
+    folder = cached_export(cfg, ckpts, parse_floats(weights, "weights"), configs, backend)
+    predictor = export_predictor(folder, backend, flip=cfg.infer.flip if flip is None else flip,
+                                 scales=parse_floats(scales, "scales") or cfg.infer.scales, device=device, cfg=cfg)
+    for member, ckpt in zip(predictor.members, ckpts):
+        member.name = ckpt
+    return predictor
 
 
 # ----------------------------------------------------------------------------- verbs
