@@ -176,7 +176,8 @@ def _child():
 
 
 def test_serve_runs_the_int8_graph(int8_export, setup, tmp_path):
-    """A real server on --backend onnxruntime-int8: /readyz names it and the mask equals the INT8 predictor's."""
+    """A real server on --backend onnxruntime-int8: /readyz names it, the mask equals the INT8 predictor's,
+    and the answer carries its Server-Timing breakdown."""
     import io
     import socket
     out, _ = int8_export
@@ -197,6 +198,10 @@ def test_serve_runs_the_int8_graph(int8_export, setup, tmp_path):
         r = httpx.post(f"{url}/v1/segment", content=Path(image).read_bytes(), headers={"content-type": "image/jpeg"},
                        timeout=60)
         assert r.status_code == 200
+        # the server says where the time went: decode, waiting for the model, the forward pass, encode
+        timing = dict(part.strip().split(";dur=") for part in r.headers["server-timing"].split(","))
+        assert list(timing) == ["decode", "queue", "infer", "encode"] and all(float(v) >= 0 for v in timing.values())
+        assert float(timing["infer"]) > 0 and float(timing["decode"]) > 0
         got = np.asarray(Image.open(io.BytesIO(r.content)))
         np.testing.assert_array_equal(got, ids_like_infer(export_predictor(out, "onnxruntime-int8"), image))
         assert httpx.get(f"{url}/v1/model", timeout=10).json()["quantization"]["calibration"]["frames"] == 3

@@ -212,15 +212,23 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     async def _local(data: bytes, full_size: tuple[int, int], fmt: str, deadline: float) -> Response:
         predictor = state["predictor"]
+        t0 = time.perf_counter()
         inputs = await run_in_threadpool(model_inputs, predictor, data, full_size)
         _check_time(deadline)
+        t1, timing = time.perf_counter(), {}
         try:
-            probs = await asyncio.wait_for(state["batcher"].submit(inputs), max(0.0, deadline - time.time()))
+            probs = await asyncio.wait_for(state["batcher"].submit(inputs, timing), max(0.0, deadline - time.time()))
         except asyncio.TimeoutError:
             raise PastDeadline() from None
         _check_time(deadline)
+        t2 = time.perf_counter()
         body = await run_in_threadpool(render_answer, predictor, probs, data, full_size, fmt)
-        return Response(body, media_type=FORMATS[fmt])
+        t3 = time.perf_counter()
+        # where the time went (W3C Server-Timing, ms): decode, waiting for the model, the forward pass, render
+        stages = {"decode": t1 - t0, "queue": timing.get("infer_start", t1) - t1,
+                  "infer": timing.get("infer_end", t2) - timing.get("infer_start", t1), "encode": t3 - t2}
+        return Response(body, media_type=FORMATS[fmt],
+                        headers={"Server-Timing": ", ".join(f"{k};dur={1000 * v:.1f}" for k, v in stages.items())})
 
     async def _via_redis(data: bytes, fmt: str, deadline: float) -> Response:
         queue = state["queue"]

@@ -41,12 +41,13 @@ class MicroBatcher:
     def depth(self) -> int:
         return self.queue.qsize() if self.queue is not None else 0
 
-    async def submit(self, inputs: Sequence[np.ndarray]) -> np.ndarray:
-        """C x h x w probabilities for one image's inputs (one 3xHxW array per input key)."""
+    async def submit(self, inputs: Sequence[np.ndarray], timing: dict | None = None) -> np.ndarray:
+        """C x h x w probabilities for one image's inputs (one 3xHxW array per input key); `timing`, when
+        given, receives the perf_counter times its batch's forward pass started and ended."""
         if self.queue.qsize() >= self.max_queue:
             raise Overloaded(f"{self.queue.qsize()} requests already waiting (limit {self.max_queue})")
         fut = asyncio.get_running_loop().create_future()
-        await self.queue.put((list(inputs), fut))
+        await self.queue.put((list(inputs), fut, timing))
         return await fut
 
     async def _gather(self) -> list:
@@ -60,7 +61,7 @@ class MicroBatcher:
                              await asyncio.wait_for(self.queue.get(), remaining))
             except (asyncio.QueueEmpty, asyncio.TimeoutError):
                 break
-        return [(x, f) for x, f in batch if not f.done()]  # callers that gave up are skipped
+        return [item for item in batch if not item[1].done()]  # callers that gave up are skipped
 
     async def _loop(self) -> None:
         loop = asyncio.get_running_loop()
@@ -68,17 +69,20 @@ class MicroBatcher:
             batch = await self._gather()
             if not batch:
                 continue
-            stacked = [np.stack([inputs[k] for inputs, _ in batch]) for k in range(len(batch[0][0]))]
+            stacked = [np.stack([inputs[k] for inputs, _, _ in batch]) for k in range(len(batch[0][0]))]
             t0 = time.perf_counter()
             try:
                 probs = await loop.run_in_executor(self.model_thread, self.run_batch, stacked)
             except Exception as exc:  # the model failed: every caller of this batch hears it
-                for _, fut in batch:
+                for _, fut, _ in batch:
                     if not fut.done():
                         fut.set_exception(exc)
                 continue
+            t1 = time.perf_counter()
             if self.on_batch:
-                self.on_batch(len(batch), time.perf_counter() - t0)
-            for i, (_, fut) in enumerate(batch):
+                self.on_batch(len(batch), t1 - t0)
+            for i, (_, fut, timing) in enumerate(batch):
+                if timing is not None:
+                    timing.update(infer_start=t0, infer_end=t1)
                 if not fut.done():
                     fut.set_result(probs[i])
