@@ -76,6 +76,8 @@ class ModelConfig:
     freeze_backbone_iters: int = 0
     sync_bn: bool = False
     width: int = 16                     # base channels of the lite model
+    loss_coef: Optional[list] = None    # loss weight of each output in training (main first); None: PaddleSeg's
+                                        # published weights for a zoo model with auxiliary heads, else [1.0]
     type: Optional[str] = None          # name: paddleseg -- a model of paddleseg's registry (PPLiteSeg, OCRNet, ...)
     args: dict = field(default_factory=dict)  # name: paddleseg -- its other arguments, written in YAML beside
                                         # `type` (backbone: {type: STDC2}, ...) and gathered here when read
@@ -406,6 +408,10 @@ def validate(cfg: Config) -> None:
         ("train.train_eval_images", cfg.train.train_eval_images >= 0, "must be >= 0 (0 = off)"),
         ("train.checkpoint_minutes", cfg.train.checkpoint_minutes >= 0, "must be >= 0 (0 = off)"),
         ("model.freeze_backbone_iters", cfg.model.freeze_backbone_iters >= 0, "must be >= 0"),
+        ("model.loss_coef", cfg.model.loss_coef is None or (
+            isinstance(cfg.model.loss_coef, list) and len(cfg.model.loss_coef) >= 1
+            and all(isinstance(c, (int, float)) and not isinstance(c, bool) and c >= 0 for c in cfg.model.loss_coef)),
+         "must be a list of weights >= 0, main output first"),
         ("infer.scales", len(cfg.infer.scales) > 0 and all(s > 0 for s in cfg.infer.scales), "must be positive numbers"),
         ("infer.stage", -len(cfg.stages) <= cfg.infer.stage < len(cfg.stages), f"must index one of {len(cfg.stages)} stages"),
         ("schedule.warmup_iters", cfg.schedule.warmup_iters >= 0, "must be >= 0"),

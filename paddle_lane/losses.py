@@ -171,6 +171,35 @@ class CombinedLoss:
         return total, values
 
 
+# PaddleSeg's published loss weights (its configs' `loss.coef`) for zoo models with auxiliary outputs
+ZOO_LOSS_COEF = {"OCRNet": [1.0, 0.4], "PPLiteSeg": [1.0, 1.0, 1.0], "BiSeNetV2": [1.0, 1.0, 1.0, 1.0, 1.0]}
+
+
+def output_coef(coef: Sequence[float] | None, zoo_type: str | None, n_outputs: int) -> list[float]:
+    """The loss weight of each of a model's n_outputs (main first): the configured list, else
+    PaddleSeg's published one for the zoo model, else 1 for every output. A length that does
+    not match the model's outputs is a ConfigError naming model.loss_coef."""
+    if coef is None:
+        coef = ZOO_LOSS_COEF.get(zoo_type or "", [1.0] * n_outputs)
+    if len(coef) != n_outputs:
+        raise ConfigError(f"key 'model.loss_coef' has {len(coef)} weight(s) {list(coef)} but the model returns "
+                          f"{n_outputs} output(s) in training (main first)")
+    return [float(c) for c in coef]
+
+
+def multi_output_loss(loss_fn: "CombinedLoss", outputs: Sequence[paddle.Tensor], labels: paddle.Tensor,
+                      coef: Sequence[float]) -> tuple[paddle.Tensor, dict[str, paddle.Tensor]]:
+    """sum_i coef_i * loss(output_i): every output of a model with auxiliary heads is trained.
+    Terms: the main output's own terms, then 'aux<i>' for each auxiliary output's total."""
+    total, terms = loss_fn(outputs[0], labels)
+    total = total * coef[0]
+    for i, (out, c) in enumerate(zip(outputs[1:], coef[1:]), start=1):
+        aux, _ = loss_fn(out, labels)
+        terms[f"aux{i}"] = aux
+        total = total + c * aux
+    return total, terms
+
+
 WEIGHTED_TYPES = ("ce", "focal")
 
 

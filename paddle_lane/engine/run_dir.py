@@ -44,7 +44,7 @@ def stopped_line(out: Path, signame: str, resume_hint: str) -> str:
         return stop_message(signame, None, None, resume_hint)
     _, state, folder = max(found, key=lambda f: f[0])
     line = stop_message(signame, state, folder, resume_hint)
-    return line if state.get("stopped_by") == signame else line + f" (the newest checkpoint; no rank wrote one at the stop)"
+    return line if state.get("stopped_by") == signame else line + " (the newest checkpoint; no rank wrote one at the stop)"
 
 
 def holds_run(out: Path) -> list[str]:

@@ -30,14 +30,16 @@ from paddle_lane.engine.checkpoint import (checkpoint_damage, list_checkpoints, 
                                            newest_intact_checkpoint, prune, read_state, reconcile_best,
                                            save_checkpoint)
 from paddle_lane.engine.monitor import Monitor
+from paddle_lane.engine.plan import INIT, checkpoint_due, resume_point, start_weights, validates_at
 from paddle_lane.engine.run_dir import (check_fresh_start, check_resume_config, clear_stale_temps, holds_run,
                                         move_aside, stop_message)
 from paddle_lane.errors import UserError
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.engine.validation import sample_val_rows, validate_frames
-from paddle_lane.losses import build_loss
-from paddle_lane.metrics import SegMetric, metric_to_jsonable
+from paddle_lane.losses import build_loss, multi_output_loss, output_coef
+from paddle_lane.metrics import metric_to_jsonable
 from paddle_lane.models import build_model, set_backbone_trainable
+from paddle_lane.models.builder import AllOutputs
 
 
 class TrainingStopped(RuntimeError):
@@ -192,8 +194,7 @@ class Trainer:
         return "float16" if self.cfg.train.amp == "fp16" else "bfloat16"
 
     def _build_model(self):
-        model = build_model(self.cfg.model, self.scheme.num_classes)
-        return model
+        return build_model(self.cfg.model, self.scheme.num_classes)
 
     def _train_loader(self, stage_idx: int, start_iter: int):
         """One DataLoader for the whole stage: its sampler yields exactly the remaining
@@ -217,30 +218,28 @@ class Trainer:
         start_stage, resume_state, resume_dir = 0, None, None
         if self.resume:
             resume_dir = newest_intact_checkpoint(self.out, warn=self.main)
+            resume_state = read_state(resume_dir) if resume_dir is not None else None
+            point = resume_point(resume_state, [st.iters for st in self.cfg.stages])
+            start_stage = point.stage
             if resume_dir is not None:
-                resume_state = read_state(resume_dir)
-                start_stage = resume_state["stage"]
                 if self.main and not self.quiet:
                     print(f"resuming from {resume_dir}")
                 if self.main:
-                    trim_metrics(self.out / "metrics.jsonl", start_stage, resume_state["iter"])
-                    trim_metrics(self.out / TRAIN_LOG, start_stage, resume_state["iter"])
+                    trim_metrics(self.out / "metrics.jsonl", *point.trim_to)
+                    trim_metrics(self.out / TRAIN_LOG, *point.trim_to)
                     # a crash between the periodic and the best save leaves best/ behind the state
                     note = reconcile_best(resume_dir.parent, resume_state)
                     if note:
                         print(note, file=sys.stderr)
                 if self.world > 1:
                     dist.barrier()  # best/ is settled before any rank reads it
-                # done by this config's plan (a resume may add iterations), or stopped early
-                if resume_state.get("stopped_early") or (
-                        start_stage < len(self.cfg.stages) and resume_state["iter"] >= self.cfg.stages[start_stage].iters):
-                    start_stage += 1
+                if not point.mid_stage:  # that stage is done: the next one starts afresh
                     resume_state, resume_dir = None, None
             elif self.main:
                 print(f"no checkpoint in {self.out}; starting from scratch")
                 reset_log(self.out / "metrics.jsonl")
                 reset_log(self.out / TRAIN_LOG)
-            if start_stage >= len(self.cfg.stages):
+            if point.finished:
                 if self.main:
                     print(f"{self.out} is already finished: all {len(self.cfg.stages)} stage(s) of its config ran "
                           f"(newest checkpoint {resume_dir or newest_intact_checkpoint(self.out, warn=False)}); "
@@ -323,20 +322,17 @@ class Trainer:
         os._exit(code)
 
     def _init_weights(self, model, stage_idx: int):
-        """Stage > 0 starts from the previous stage's best weights."""
-        if stage_idx == 0:
+        """Stage > 0 starts from the previous stage's best weights (plan.start_weights)."""
+        prev = stage_idx - 1
+        source = start_weights(stage_idx, {prev: self.out / f"stage{prev}"},
+                               {prev: [p for p in list_checkpoints(self.out) if p.parent.name == f"stage{prev}"]})
+        if source == INIT:
             return
-        prev = self.out / f"stage{stage_idx - 1}" / "best"
-        damage = checkpoint_damage(prev) if prev.exists() else None
+        damage = checkpoint_damage(source)
         if damage:
-            raise UserError(f"{prev} is damaged ({damage}); stage {stage_idx} cannot start from it. "
+            raise UserError(f"{source} is damaged ({damage}); stage {stage_idx} cannot start from it. "
                             "Resume with --resume (it re-saves best/ from the checkpoint that holds it)")
-        if not prev.exists():
-            prev_ckpts = [p for p in list_checkpoints(self.out) if read_state(p).get("stage") == stage_idx - 1]
-            if not prev_ckpts:
-                raise FileNotFoundError(f"stage {stage_idx} needs stage {stage_idx - 1}'s weights in {self.out}")
-            prev = prev_ckpts[-1]
-        load_weights(model, prev)
+        load_weights(model, source)
 
     def run_stage(self, stage_idx: int, resume_state: dict | None, resume_dir: Path | None) -> StageResult:
         cfg, st = self.cfg, self.cfg.stages[stage_idx]
@@ -346,7 +342,8 @@ class Trainer:
             load_weights(model, resume_dir)
         else:
             self._init_weights(model, stage_idx)
-        net = paddle.DataParallel(model) if self.world > 1 else model
+        trained = AllOutputs(model)  # every output (auxiliary heads too) gets its loss
+        net = paddle.DataParallel(trained) if self.world > 1 else trained
         loss_fn = build_loss(cfg.loss, self.scheme.num_classes, self._class_weights())
         lr = IterLR(st.iters, st.lr, cfg.schedule)
         optimizer = build_optimizer(model.parameters(), cfg.optimizer, lr)
@@ -360,14 +357,15 @@ class Trainer:
             best = resume_state["best_miou"]
 
         loader, sampler, n_train, source = self._train_loader(stage_idx, it)
-        val = self._val_predictor(net, (st.width, st.height)) if self.val_df is not None else None
+        val = self._val_predictor(model, (st.width, st.height)) if self.val_df is not None else None
         if self.main and not self.quiet:
             print(f"stage {stage_idx}: {st.width}x{st.height}, batch {st.batch_size} x {self.world} rank(s), "
                   f"{st.iters} iters, lr {st.lr}, {n_train} train / "
                   f"{len(self.val_df) if self.val_df is not None else 0} val frames, "
                   f"cache {'on' if source.cache_folder else 'off'}")
         frozen = cfg.model.freeze_backbone_iters > it
-        set_backbone_trainable(model, not frozen)
+        if frozen or model.backbone is not None:  # a model without a backbone (BiSeNetV2) has nothing to unfreeze
+            set_backbone_trainable(model, not frozen)
         bar = tqdm(total=st.iters, initial=it, desc=f"stage {stage_idx}", disable=not self.main or self.quiet,
                    dynamic_ncols=True)
         stopped_early = False
@@ -418,7 +416,7 @@ class Trainer:
                     self._log_train(stage_idx, it, window, cur_lr)
                     window = []
                 bar.update(1)
-                if it % cfg.train.val_interval == 0 or it == st.iters:
+                if validates_at(it, st.iters, cfg.train.val_interval):
                     self._share_rank0_statistics(model)
                     miou = self.validate(net, val, stage_idx, it)
                     improved = miou > best if val is not None else True
@@ -452,8 +450,10 @@ class Trainer:
     def _step(self, net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx: int, it: int):
         """Forward, loss, backward, optimiser and LR step; stops the run on a NaN or exploding loss."""
         with paddle.amp.auto_cast(enable=self.amp is not None, level="O1", dtype=self.amp or "float16"):
-            logits = net(images)
-            total, terms = loss_fn(logits, labels)
+            outputs = net(images)
+            m = self.cfg.model
+            coef = output_coef(m.loss_coef, m.type if m.name == "paddleseg" else None, len(outputs))
+            total, terms = multi_output_loss(loss_fn, outputs, labels, coef)
         loss_value = float(total)
         if not math.isfinite(loss_value) or loss_value > self.cfg.train.max_loss:
             newest = list_checkpoints(self.out)
@@ -476,9 +476,7 @@ class Trainer:
     def _checkpoint_due(self, it: int) -> bool:
         """Every train.checkpoint_interval iterations, or train.checkpoint_minutes after the last save."""
         t = self.cfg.train
-        by_iters = t.checkpoint_interval > 0 and it % t.checkpoint_interval == 0
-        by_time = t.checkpoint_minutes > 0 and time.monotonic() - self._last_save >= 60 * t.checkpoint_minutes
-        return by_iters or by_time
+        return checkpoint_due(it, t.checkpoint_interval, t.checkpoint_minutes, time.monotonic() - self._last_save)
 
     def _save(self, stage_dir: Path, model, optimizer, state: dict, improved: bool) -> None:
         """Rank 0 writes the periodic checkpoint, the best one, and prunes old ones."""

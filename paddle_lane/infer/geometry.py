@@ -25,6 +25,13 @@ def scaled_size(size: Size, scale: float) -> Size:
     return max(1, int(round(size[0] * scale))), max(1, int(round(size[1] * scale)))
 
 
+def scale_weights(scales: Sequence[float]) -> list[float]:
+    """The weight of each scale in multi-scale TTA: the plain mean, each scale once."""
+    if not scales:
+        raise ValueError("TTA needs at least one scale")
+    return [1.0 / len(scales)] * len(scales)
+
+
 def inputs_from_array(rgb_full: np.ndarray, sizes: Sequence[Size], offset: int) -> list[np.ndarray]:
     """uint8 RGB crops at each size from a decoded full frame (load_resized with reduce 1)."""
     _check_height(rgb_full.shape[0], offset, "<array>")

@@ -36,7 +36,7 @@ from paddle_lane.models import build_model
 
 from paddle_lane.infer.geometry import (  # noqa: F401 (re-exported for callers of the predictor)
     InputKey, Size, inputs_from_array, inputs_from_bytes, inputs_from_file, normalize_weights, normalized_inputs,
-    probs_to_ids, probs_to_train_ids, scaled_size, window_starts)
+    probs_to_ids, probs_to_train_ids, scale_weights, scaled_size, window_starts)
 
 
 # ----------------------------------------------------------------------------- models
@@ -222,11 +222,11 @@ class Predictor:
     def _member_probs(self, m: Member, tensors: list[paddle.Tensor]) -> paddle.Tensor:
         """TTA average of one member, resized to base_size."""
         acc = None
-        for s in self.scales:
+        for s, weight in zip(self.scales, scale_weights(self.scales)):
             x = tensors[self.input_keys.index((scaled_size(m.size, s), m.mean, m.std))]
-            probs = self._to_base(self._forward(m.model, x))
+            probs = self._to_base(self._forward(m.model, x)) * weight
             acc = probs if acc is None else acc + probs
-        return acc / len(self.scales)
+        return acc
 
     def _forward(self, model: paddle.nn.Layer, x: paddle.Tensor) -> paddle.Tensor:
         """Softmax of the model over the whole input, or averaged over sliding windows."""

@@ -40,6 +40,20 @@ class SegModel(nn.Layer):
         return out[0] if isinstance(out, (list, tuple)) else out
 
 
+class AllOutputs(nn.Layer):
+    """Training's view of a SegModel: the list of every output, main first (a zoo model's
+    auxiliary heads too), so each gets its loss. Inference and export use the SegModel itself,
+    whose forward stays one tensor (and one graph for to_static)."""
+
+    def __init__(self, model: SegModel):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: paddle.Tensor) -> list:
+        out = self.model.net(x)
+        return list(out) if isinstance(out, (list, tuple)) else [out]
+
+
 class LoadReport(NamedTuple):
     """What a weights file filled in: loaded, absent from the file, or unused."""
     loaded: list

@@ -25,6 +25,18 @@ def frame_origin(path: str) -> dict:
     return found
 
 
+def error_kind(conf: np.ndarray, c: int) -> str:
+    """Whether class c's errors are mostly misses or false alarms, judged on the pixel counts of
+    a confusion (rows = truth): missed = its true pixels predicted as another class, false = other
+    classes' pixels predicted as it. Precision and recall cannot say it: a class never predicted
+    has precision NaN (it is all misses), and both are 0 when nothing is right."""
+    conf = np.asarray(conf, np.int64)
+    missed = int(conf[c].sum() - conf[c, c])
+    false = int(conf[:, c].sum() - conf[c, c])
+    kind = "misses" if missed >= false else "false alarms"
+    return f"{kind} ({missed:,} of its pixels missed, {false:,} false pixels)"
+
+
 def iou_parts(conf: np.ndarray) -> dict:
     """Per-class IoU, precision, recall (NaN where undefined) of one n x n confusion (rows = truth),
     or of a stack ... x n x n (the last two axes)."""

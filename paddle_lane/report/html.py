@@ -20,7 +20,7 @@ from data_prep.label_io import UnreadableFileError, read_image, read_label
 from data_prep.labels import IGNORE_INDEX, apply_lut, load_scheme
 from paddle_lane.errors import UserError
 from paddle_lane.report import figures
-from paddle_lane.report.analysis import group_scores, iou_parts, mean_iou, per_frame_miou, stack
+from paddle_lane.report.analysis import error_kind, group_scores, iou_parts, mean_iou, per_frame_miou, stack
 from paddle_lane.scorer import score_folders
 from paddle_lane.visual import colorize
 
@@ -114,9 +114,7 @@ def advice(results: dict, names: list[str], conf: np.ndarray, val_log: list[dict
         row = conf[c].astype(np.float64)
         row[c] = 0
         other = int(np.argmax(row)) if row.sum() > 0 else None
-        p, r = per[c]["precision"], per[c]["recall"]
-        kind = ("misses (recall below precision)" if (p or 0) > (r or 0) else "false alarms (precision below recall)")
-        notes.append(f"{names[c]}: IoU {iou:.3f}, mostly {kind}"
+        notes.append(f"{names[c]}: IoU {iou:.3f}, mostly {error_kind(conf, c)}"
                      + (f"; its pixels are most often predicted as {names[other]}" if other is not None else ""))
     if val_log and "train_miou" in val_log[-1]:
         tr, va = val_log[-1]["train_miou"], val_log[-1]["miou"]
