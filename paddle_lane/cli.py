@@ -51,7 +51,8 @@ def cmd_prepare(args, argv) -> int:
 LAUNCH_STOP_GRACE_S = 600  # after a stop signal, how long the ranks may take to checkpoint
 
 
-def _launch_distributed(args, argv: list[str], log_dir: str | None = None, resume_hint: str | None = None) -> int:
+def _launch_distributed(args, argv: list[str], log_dir: str | None = None, resume_hint: str | None = None,
+                        run_dir: str | None = None) -> int:
     """Re-run this command under paddle.distributed.launch (one process per card/CPU slot).
 
     The launcher runs in its own session and its ranks in theirs (Paddle's choice), so a signal
@@ -64,8 +65,8 @@ def _launch_distributed(args, argv: list[str], log_dir: str | None = None, resum
     from pathlib import Path
     import psutil
     from data_prep.procs import die_with_parent, stop_child
-    training = getattr(args, "verb", None) == "train"
-    out = Path(load_config(args.config, args.opts).train.output_dir) if training else None
+    training = run_dir is not None  # a training run: its folder holds the logs and the stop line's checkpoint
+    out = Path(run_dir) if training else None
     if log_dir is None:
         log_dir = str(out / "launch_logs")
     ips = getattr(args, "ips", None)
@@ -178,7 +179,7 @@ def cmd_train(args, argv: list[str]) -> int:
                 hold_folder(cfg.train.output_dir, "train")  # one run per folder; our ranks run under this lock
         multi = len(gpus) > 1 or (args.nproc or 1) > 1 or args.ips
         if multi and not launched:
-            return _launch_distributed(args, argv, resume_hint=resume_hint)
+            return _launch_distributed(args, argv, resume_hint=resume_hint, run_dir=cfg.train.output_dir)
         # one card id selects that card; without --gpus the device follows --device / the launcher
         device = f"gpu:{gpus[0]}" if len(gpus) == 1 else args.device
         return _train_and_report(cfg, args, device, received, resume_hint)

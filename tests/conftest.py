@@ -53,6 +53,24 @@ def tiny_train_opts(lists: Path, out: Path, iters: int = 40, val_interval: int =
             "schedule.warmup_iters=5", "model.width=8"]
 
 
+def run_until_signalled(trainer, at_iter: int) -> None:
+    """Run `trainer`, sending this process SIGTERM right after iteration `at_iter` (what a scheduler
+    sends; the trainer only sets a flag), and expect it to stop with TrainingInterrupted."""
+    import os
+    import signal
+    from paddle_lane.engine.trainer import TrainingInterrupted
+    real_step = trainer.monitor.train_step
+
+    def step_then_signal(stage, it, *args):
+        real_step(stage, it, *args)
+        if it == at_iter:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer.monitor.train_step = step_then_signal
+    with pytest.raises(TrainingInterrupted):
+        trainer.run()
+
+
 def alive_after(pids: list[int], seconds: float) -> list[int]:
     """The pids still running (zombies excluded) once `seconds` have passed, or [] as soon as none is."""
     import time

@@ -17,7 +17,7 @@ import pandas as pd
 import psutil
 import pytest
 
-from conftest import ROOT, alive_after, tiny_train_opts
+from conftest import ROOT, alive_after, run_until_signalled, tiny_train_opts
 from paddle_lane.config import load_config
 from paddle_lane.engine.checkpoint import checkpoint_damage
 from paddle_lane.engine.trainer import Trainer
@@ -216,18 +216,7 @@ def test_resume_keeps_the_best_checkpoint_of_the_uninterrupted_run(prepared_synt
         return tiny_train_opts(lists, tmp_path / name, iters=8, val_interval=2) + ["train.keep_last=8"]
 
     Trainer(load_config(CONFIG, opts("straight")), quiet=True).run()
-    stopped = Trainer(load_config(CONFIG, opts("stopped")), quiet=True)
-    real_step = stopped.monitor.train_step
-
-    def step_then_signal(stage, it, *args):
-        real_step(stage, it, *args)
-        if it == 5:
-            os.kill(os.getpid(), signal.SIGTERM)  # what a scheduler sends; the trainer only sets a flag
-
-    stopped.monitor.train_step = step_then_signal
-    from paddle_lane.engine.trainer import TrainingInterrupted
-    with pytest.raises(TrainingInterrupted):
-        stopped.run()
+    run_until_signalled(Trainer(load_config(CONFIG, opts("stopped")), quiet=True), 5)
     Trainer(load_config(CONFIG, opts("stopped")), resume=True, quiet=True).run()
     a = json.loads((tmp_path / "straight" / "stage0" / "best" / "state.json").read_text())
     b = json.loads((tmp_path / "stopped" / "stage0" / "best" / "state.json").read_text())

@@ -7,19 +7,17 @@ stageN/), plus auxiliary heads that got no loss and the report calling misses fa
 from __future__ import annotations
 
 import json
-import os
-import signal
 
 import numpy as np
 import paddle
 import pytest
 
-from conftest import ROOT, tiny_train_opts
+from conftest import ROOT, run_until_signalled, tiny_train_opts
 from paddle_lane import cli
 from paddle_lane.config import load_config
 from paddle_lane.engine import trainer as trainer_mod
 from paddle_lane.engine.checkpoint import save_checkpoint
-from paddle_lane.engine.trainer import Trainer, TrainingInterrupted
+from paddle_lane.engine.trainer import Trainer
 from paddle_lane.errors import UserError
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
@@ -131,17 +129,7 @@ def test_a_resume_mid_stage_with_dropout_and_augmentation_repeats_the_unbroken_l
             "stages=[{width: 96, height: 48, batch_size: 2, iters: 10, lr: 0.01}]"]
 
     Trainer(load_config(CONFIG, opts("straight")), quiet=True).run()
-    stopped = Trainer(load_config(CONFIG, opts("stopped")), quiet=True)
-    real_step = stopped.monitor.train_step
-
-    def step_then_signal(stage, it, *args):
-        real_step(stage, it, *args)
-        if it == 5:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopped.monitor.train_step = step_then_signal
-    with pytest.raises(TrainingInterrupted):
-        stopped.run()
+    run_until_signalled(Trainer(load_config(CONFIG, opts("stopped")), quiet=True), 5)
     Trainer(load_config(CONFIG, opts("stopped")), resume=True, quiet=True).run()
 
     def losses(name):

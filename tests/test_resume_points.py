@@ -13,7 +13,7 @@ import sys
 import numpy as np
 import pytest
 
-from conftest import ROOT, tiny_train_opts
+from conftest import ROOT, run_until_signalled, tiny_train_opts
 from paddle_lane.config import load_config
 from paddle_lane.engine import checkpoint as ckpt_mod
 from paddle_lane.engine import trainer as trainer_mod
@@ -131,17 +131,7 @@ def test_the_first_log_line_after_a_resume_averages_the_same_iterations(prepared
         return tiny_train_opts(lists, tmp_path / name, iters=12, val_interval=12)
 
     Trainer(load_config(CONFIG, opts("straight")), quiet=True).run()
-    stopped = Trainer(load_config(CONFIG, opts("stopped")), quiet=True)
-    real_step = stopped.monitor.train_step
-
-    def step_then_signal(stage, it, *args):
-        real_step(stage, it, *args)
-        if it == 7:
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    stopped.monitor.train_step = step_then_signal
-    with pytest.raises(TrainingInterrupted):
-        stopped.run()
+    run_until_signalled(Trainer(load_config(CONFIG, opts("stopped")), quiet=True), 7)
     state = json.loads((tmp_path / "stopped" / "stage0" / "iter_0000007" / "state.json").read_text())
     assert len(state["log_window"]) == 2  # iterations 6 and 7
     resumed = Trainer(load_config(CONFIG, opts("stopped")), resume=True, quiet=True)

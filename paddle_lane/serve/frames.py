@@ -61,14 +61,6 @@ def inspect_upload(data: bytes, max_bytes: int, max_pixels: int,
     return w, h
 
 
-def decode_upload(data: bytes) -> np.ndarray:
-    """RGB uint8 HxWx3, or BadInput(400) for a truncated or corrupt file."""
-    try:
-        return decode_image(data, 1, "upload")
-    except UnreadableFileError as exc:
-        raise BadInput(400, f"corrupt image: {exc}") from None
-
-
 def model_inputs(predictor, data: bytes, full_size: tuple[int, int]) -> list[np.ndarray]:
     """The predictor's inputs for an upload, decoded exactly as `infer` decodes a file (the same
     reduced JPEG decode), so a served mask equals the submission's; BadInput for a corrupt file."""
