@@ -114,12 +114,23 @@ class StallWatchdog:
 
     def close(self) -> None:
         self._closed.set()
-        if self._pipe is not None:
-            if threading.current_thread() is threading.main_thread():
-                signal.set_wakeup_fd(self._previous_fd)
-            for fd in self._pipe:
-                os.close(fd)
-            self._pipe = None
+        if self._pipe is None:
+            return
+        if threading.current_thread() is threading.main_thread():
+            signal.set_wakeup_fd(self._previous_fd)
+        # The thread must be gone before the fds close: a recycled fd number would let its
+        # select/read take bytes from whatever file the process opens next.
+        try:
+            os.write(self._pipe[1], b"\0")
+        except OSError:
+            pass
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout=5.0)
+            if self._thread.is_alive():
+                return  # keep the fds open rather than hand their numbers to another file
+        for fd in self._pipe:
+            os.close(fd)
+        self._pipe = None
 
     def _signals_arrived(self, wait: float) -> list[int]:
         """Stop signals written to the wakeup fd within `wait` s (sleeps `wait` s without a pipe)."""
