@@ -15,8 +15,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paddle_lane.report.analysis import iou_parts, mean_iou  # noqa: E402
-from paddle_lane.report.compare import bootstrap  # noqa: E402
+from paddle_lane.evaluation.analysis import iou_parts, mean_iou  # noqa: E402
+from paddle_lane.evaluation.compare import bootstrap  # noqa: E402
 
 
 def loop_bootstrap(conf_a, conf_b, n_boot, seed):

@@ -28,11 +28,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 REAL = ROOT.parent / "shared" / "apollo_dev"
 
-from data_prep.io_utils import atomic_write_png  # noqa: E402
-from data_prep.label_io import read_image, read_label  # noqa: E402
-from data_prep.labels import ignore_in_eval_ids, load_scheme  # noqa: E402
-from paddle_lane.infer.predictor import probs_to_ids  # noqa: E402
-from paddle_lane.scorer import score_folders  # noqa: E402
+from paddle_lane.core.io_utils import atomic_write_png  # noqa: E402
+from paddle_lane.core.label_io import read_image, read_label  # noqa: E402
+from paddle_lane.core.labels import ignore_in_eval_ids, load_scheme  # noqa: E402
+from paddle_lane.evaluation.scorer import score_folders  # noqa: E402
+from paddle_lane.inference.predictor import probs_to_ids  # noqa: E402
 
 
 def real_pairs(frames: int) -> pd.DataFrame:
@@ -123,7 +123,7 @@ def bench_writing(tmp: Path, scheme, n_images: int) -> dict:
 def bench_tta(df, reps: int, model: str, size) -> dict:
     """Seconds per image for no TTA, flip, and flip + scales, on a real full-size frame."""
     from paddle_lane.config import load_config
-    from paddle_lane.infer.predictor import Predictor
+    from paddle_lane.inference.predictor import Predictor
     from paddle_lane.models import build_model
     cfg = load_config(ROOT / "configs" / "demo_tiny.yml",
                       ["data.crop_offset=690", "data.frame_height=1710", f"model.name={model}", "model.backbone=ResNet18_vd",
@@ -145,7 +145,7 @@ def bench_tta(df, reps: int, model: str, size) -> dict:
 
 
 def bench_ceiling(df, frames: int) -> list[dict]:
-    from paddle_lane.infer.alignment import MODES, resolution_ceiling
+    from paddle_lane.inference.alignment import MODES, resolution_ceiling
     labels = list(df["label"].head(frames))
     return [resolution_ceiling(labels, size, 690, range(-4, 5), mode)
             for size in ((768, 256), (1024, 384), (1536, 512)) for mode in MODES]
@@ -183,7 +183,7 @@ def main() -> int:
     print(f"\n3. inference per image ({args.model} at 768x256, full-size real frame, CPU)")
     for k, v in tta.items():
         print(f"   {k:<18}: {1000 * v:7.0f} ms  ({v / tta['none']:.2f}x of no TTA)")
-    from paddle_lane.infer.alignment import format_table
+    from paddle_lane.inference.alignment import format_table
     print(f"\n4. resolution ceiling on {n} real labels (perfect model through each size and back)")
     print(format_table(ceil))
     c1536 = next(c for c in ceil if c["size"] == [1536, 512] and c["mode"] == "area")

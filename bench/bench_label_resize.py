@@ -28,10 +28,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 REAL = ROOT.parent / "shared" / "apollo_dev"
 
-from data_prep.label_io import read_label  # noqa: E402
-from data_prep.labels import apply_lut, load_scheme  # noqa: E402
-from data_prep.resize import LABEL_RESIZE_RULES, crop_top, resize_label  # noqa: E402
-from paddle_lane.infer.alignment import labels_to_ids, score_shifts  # noqa: E402
+from paddle_lane.core.label_io import read_label  # noqa: E402
+from paddle_lane.core.labels import apply_lut, load_scheme  # noqa: E402
+from paddle_lane.core.resize import LABEL_RESIZE_RULES, crop_top, resize_label  # noqa: E402
+from paddle_lane.inference.alignment import labels_to_ids, score_shifts  # noqa: E402
 
 OFFSET = 690
 

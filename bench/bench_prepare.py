@@ -24,10 +24,10 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import psutil  # noqa: E402
 
-from data_prep.label_io import read_label  # noqa: E402
-from data_prep.labels import label_table, load_scheme  # noqa: E402
-from data_prep.prepare import prepare  # noqa: E402
 from paddle_lane.config import load_config  # noqa: E402
+from paddle_lane.core.label_io import read_label  # noqa: E402
+from paddle_lane.core.labels import label_table, load_scheme  # noqa: E402
+from paddle_lane.prepare.pipeline import prepare  # noqa: E402
 
 APOLLO_DEV = ROOT.parent / "shared" / "apollo_dev"
 REPEATS = 2

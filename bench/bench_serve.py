@@ -57,7 +57,7 @@ def free_port() -> int:
 
 
 def child_setup():
-    from data_prep.procs import die_with_parent
+    from paddle_lane.core.procs import die_with_parent
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     die_with_parent()
 
@@ -91,8 +91,8 @@ def make_export(work: Path, name: str, opts: list[str], **export_args) -> tuple[
     import paddle
     from paddle_lane.config import load_config
     from paddle_lane.deploy.export import export_model
-    from paddle_lane.engine.checkpoint import save_checkpoint
     from paddle_lane.models import build_model
+    from paddle_lane.runs.checkpoint import save_checkpoint
     cfg = load_config(CONFIG, BASE_OPTS + opts)
     paddle.seed(0)
     ck = save_checkpoint(work / name / "best", build_model(cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
@@ -112,8 +112,8 @@ def median_ms(fn, x, repeats: int) -> float:
 
 
 def bench_backends(work: Path, repeats: int) -> list[dict]:
-    from paddle_lane.deploy.runtime import export_predictor
-    from paddle_lane.infer.predictor import Predictor
+    from paddle_lane.inference.backends import export_predictor
+    from paddle_lane.inference.predictor import Predictor
     rows = []
     x = [np.random.default_rng(0).standard_normal((1, 3, SIZE[1], SIZE[0])).astype(np.float32)]
     for name, opts in MODELS.items():
@@ -145,7 +145,7 @@ def interleaved_ms(fns: dict, x, rounds: int) -> dict:
 
 def bench_int8_speed(work: Path, real: Path, repeats: int) -> list[dict]:
     """FP32 vs INT8 onnxruntime per image at SIZE (random weights: speed does not depend on them)."""
-    from paddle_lane.deploy.runtime import export_predictor
+    from paddle_lane.inference.backends import export_predictor
     rows = []
     x = [np.random.default_rng(0).standard_normal((1, 3, SIZE[1], SIZE[0])).astype(np.float32)]
     for name, opts in INT8_MODELS.items():
@@ -171,7 +171,7 @@ def bench_int8_accuracy(work: Path, real: Path, trained: dict) -> list[dict]:
     from paddle_lane.config import load_config
     from paddle_lane.deploy.export import export_model
     from paddle_lane.deploy.quantize import score
-    from paddle_lane.deploy.runtime import export_predictor
+    from paddle_lane.inference.backends import export_predictor
     rows, frames = [], real_rows(real)
     for name, ck in trained.items():
         cfg = load_config(Path(ck).parent.parent / "config.yml", ["infer.flip=false", "infer.scales=[1.0]"])
@@ -202,7 +202,7 @@ def real_images(work: Path, real: Path) -> Path:
 def bench_checkpoint_submission(work: Path, real: Path, ck: str, rounds: int) -> dict:
     """`infer --checkpoint CK --tta flip` over the real frames: dygraph vs onnxruntime (cached export),
     in turns; the first onnxruntime run makes the export."""
-    from paddle_lane.infer.commands import run_infer
+    from paddle_lane.cli.commands import run_infer
     images = real_images(work, real)
     config = str(Path(ck).parent.parent / "config.yml")
     os.environ["PADDLE_LANE_EXPORT_CACHE"] = str(work / "export_cache")
@@ -232,17 +232,17 @@ def served_vs_offline(procs: Procs, work: Path, export: Path, real: Path, backen
     runs) vs requests/s of a server at concurrency 8 over the same full-size frames, in turns."""
     import logging
     import httpx
-    from paddle_lane.deploy.runtime import export_predictor
-    from paddle_lane.infer.commands import images_from
+    from paddle_lane.cli.commands import images_from
+    from paddle_lane.inference.backends import export_predictor
     logging.getLogger("httpx").setLevel(logging.WARNING)  # no log line per request
-    from paddle_lane.infer.submission import write_submission
+    from paddle_lane.inference.submission import write_submission
     folder = real_images(work, real)
     images = images_from(str(folder), None)
     datas = [Path(p).read_bytes() for _, p in images]
     predictor = export_predictor(export, backend)
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    web = procs.start([sys.executable, "-m", "paddle_lane.cli", "serve", "--model", str(export), "--port", str(port),
+    web = procs.start([sys.executable, "-m", "paddle_lane.cli.main", "serve", "--model", str(export), "--port", str(port),
                        "--workers", "1", "--backend", backend], work / "served_vs_offline.log")
     offline, served, stages = [], [], {}
     try:
@@ -278,7 +278,7 @@ def served_vs_offline(procs: Procs, work: Path, export: Path, real: Path, backen
 
 
 def wait_ready(url: str, proc, log: Path):
-    from data_prep.procs import wait_http_ready
+    from paddle_lane.core.procs import wait_http_ready
     try:
         wait_http_ready(f"{url}/readyz", proc, START_TIMEOUT)
     except RuntimeError as exc:
@@ -309,13 +309,13 @@ def serve_run(procs: Procs, work: Path, export: Path, frame: bytes, n: int, extr
               redis_url: str | None = None, redis_workers: int = 0) -> dict:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    args = [sys.executable, "-m", "paddle_lane.cli", "serve", "--model", str(export), "--port", str(port),
+    args = [sys.executable, "-m", "paddle_lane.cli.main", "serve", "--model", str(export), "--port", str(port),
             "--workers", "1", *extra]
     if redis_url:
         args += ["--redis", redis_url]
     web = procs.start(args, work / f"{tag}.log")
     for i in range(redis_workers):
-        procs.start([sys.executable, "-m", "paddle_lane.cli", "worker", "--model", str(export), "--redis", redis_url,
+        procs.start([sys.executable, "-m", "paddle_lane.cli.main", "worker", "--model", str(export), "--redis", redis_url,
                      "--max-batch", "4"], work / f"{tag}_worker{i}.log")
     try:
         wait_ready(url, web, work / f"{tag}.log")
@@ -398,7 +398,7 @@ def main(argv=None) -> int:
 
 
 def served_parts(procs: Procs, work: Path, n: int, parts: set) -> None:
-    from data_prep.synth import make_dataset
+    from paddle_lane.prepare.synth import make_dataset
     info = make_dataset(work / "raw", roads=("Road02",), records_per_road=1, frames_per_record=1,
                         cameras=("Camera 5",), width=3384, height=1710, seed=1)
     frame = Path(info["pairs"][0]["image"]).read_bytes()

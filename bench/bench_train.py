@@ -39,17 +39,17 @@ import numpy as np
 import pandas as pd
 import paddle
 
-from data_prep.cache import best_reduce
-from data_prep.procs import watched
-from data_prep.labels import known_ids, load_scheme
-from data_prep.prepare import prepare
 from paddle_lane.config import Config, load_config
+from paddle_lane.core.labels import known_ids, load_scheme
+from paddle_lane.core.procs import watched
 from paddle_lane.data.dataset import LaneDataset, StageBatchSampler, loader_worker_init, read_list
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.engine.trainer import Trainer, load_stats
 from paddle_lane.losses import build_loss
 from paddle_lane.models import build_model
+from paddle_lane.prepare.cache import best_reduce
+from paddle_lane.prepare.pipeline import prepare
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 REAL_DATA = ROOT.parent / "shared" / "apollo_dev"

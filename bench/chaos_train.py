@@ -35,9 +35,9 @@ RUN_TIMEOUT_S = 900
 
 
 def prepare(work: Path) -> Path:
-    from data_prep.prepare import prepare as run_prepare
-    from data_prep.synth import make_dataset
     from paddle_lane.config import load_config
+    from paddle_lane.prepare.pipeline import prepare as run_prepare
+    from paddle_lane.prepare.synth import make_dataset
     lists = work / "prepare"
     if (lists / "train.csv").exists():
         return lists
@@ -57,7 +57,7 @@ def opts(lists: Path, out: Path) -> list[str]:
 
 
 def train_cmd(lists: Path, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "paddle_lane.cli", "train", "--config", str(CONFIG), "--device", "cpu",
+    return [sys.executable, "-m", "paddle_lane.cli.main", "train", "--config", str(CONFIG), "--device", "cpu",
             "--nproc", "2", *extra, "--opts", *opts(lists, out)]
 
 

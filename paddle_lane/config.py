@@ -46,7 +46,7 @@ class DataConfig:
     crop_offset: int = 690              # rows cut from the top (sky) before resizing, in frames of
     frame_height: int = 1710            # ... this height; frames of another height are cut in proportion
     use_cache: bool = True              # read prepare's resized cache when present
-    label_resize: str = "nearest"       # nearest (centre-exact) | vote (area majority); see data_prep/resize.py
+    label_resize: str = "nearest"       # nearest (centre-exact) | vote (area majority); see paddle_lane/core/resize.py
     num_workers: int = 2
     loader_timeout: float = 300.0       # s without a batch before a stalled loader ends the run; 0 = off
     oversample_rare: float = 0.0        # >0: frames with rare classes drawn more often (weight 1 + x)
@@ -425,7 +425,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             _fail(cfg, key, msg)
     try:
-        from data_prep.labels import load_scheme
+        from paddle_lane.core.labels import load_scheme
         load_scheme(cfg.data.scheme)
     except ValueError as exc:
         _fail(cfg, "data.scheme", f"is not usable: {exc}")
@@ -438,7 +438,7 @@ def to_dict(cfg) -> dict:
 
 def save_config(cfg: Config, path: str | os.PathLike) -> None:
     """Write the resolved config (what actually ran) atomically."""
-    from data_prep.io_utils import atomic_write_text
+    from paddle_lane.core.io_utils import atomic_write_text
     data = to_dict(cfg)
     data.pop("source", None)
     atomic_write_text(path, f"# resolved from {cfg.source}\n" + yaml.safe_dump(data, sort_keys=False))

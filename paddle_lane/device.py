@@ -5,7 +5,7 @@ import os
 
 import paddle
 
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 
 def cuda_device_count() -> int:

@@ -29,9 +29,9 @@ def real_data_or_skip() -> Path:
 @pytest.fixture(scope="session")
 def prepared_synth(tmp_path_factory):
     """Synthetic frames (384x192) prepared into lists; returns (raw_root, lists_dir)."""
-    from data_prep.prepare import prepare
-    from data_prep.synth import make_dataset
     from paddle_lane.config import load_config
+    from paddle_lane.prepare.pipeline import prepare
+    from paddle_lane.prepare.synth import make_dataset
 
     base = tmp_path_factory.mktemp("synth")
     raw = base / "raw"

@@ -14,13 +14,13 @@ import paddle
 import pytest
 
 from conftest import ROOT, real_data_or_skip
-from data_prep.label_io import read_label
-from data_prep.labels import apply_lut, load_scheme
-from data_prep.resize import crop_top
 from paddle_lane.config import load_config
-from paddle_lane.infer.alignment import (format_table, labels_to_ids, perfect_probs, resolution_ceiling, round_trip,
+from paddle_lane.core.label_io import read_label
+from paddle_lane.core.labels import apply_lut, load_scheme
+from paddle_lane.core.resize import crop_top
+from paddle_lane.inference.alignment import (format_table, labels_to_ids, perfect_probs, resolution_ceiling, round_trip,
                                          score_shifts)
-from paddle_lane.infer.predictor import Predictor
+from paddle_lane.inference.predictor import Predictor
 
 SIZES = [(768, 256), (1024, 384), (1536, 512)]
 OFFSET = 690
@@ -41,7 +41,7 @@ DECODE = np.array([0, 204, 203, 217, 210, 214, 224, 227], np.uint8)  # apollo8 s
 @pytest.fixture(scope="module")
 def synthetic_root(tmp_path_factory):
     """Eight synthetic frames at the competition's full size, in its folder layout."""
-    from data_prep.synth import make_dataset
+    from paddle_lane.prepare.synth import make_dataset
     root = tmp_path_factory.mktemp("synth_full")
     make_dataset(root, roads=("Road02",), records_per_road=2, frames_per_record=2, width=3384, height=1710, seed=11)
     return root
@@ -127,7 +127,7 @@ def test_full_set_ceiling_meets_the_design_target(synthetic_root):
 @pytest.fixture(scope="module", params=SOURCES)
 def prepared(request, synthetic_root, tmp_path_factory):
     """Frames through `prepare --cache` with the shipped recipe's stage sizes and defaults."""
-    from data_prep.prepare import prepare
+    from paddle_lane.prepare.pipeline import prepare
     root = real_data_or_skip() if request.param == "real" else synthetic_root
     out = tmp_path_factory.mktemp(f"prepare_{request.param}")
     cfg = load_config(ROOT / "configs" / "deeplabv3p_r50vd-os8_2xb8-3x16k_apollo8-768x256-1536x512.yml",

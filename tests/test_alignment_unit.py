@@ -9,8 +9,8 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data_prep.labels import load_scheme
-from paddle_lane.infer import alignment as al
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.inference import alignment as al
 
 SCHEME = load_scheme("apollo8")
 SUBMIT = np.array([0, 204, 203, 217, 210, 214, 224, 227], np.uint8)  # apollo8 train id -> Apollo id, by hand

@@ -204,7 +204,7 @@ def settle_bn(model, steps: int = 10):
 
 def test_save_load_round_trip(tmp_path):
     """A saved checkpoint, built again from the config and loaded, gives identical outputs."""
-    from paddle_lane.engine.checkpoint import save_checkpoint
+    from paddle_lane.runs.checkpoint import save_checkpoint
     cfg = ModelConfig(name="deeplabv3p", backbone="ResNeSt50", output_stride=16)
     paddle.seed(3)
     source = settle_bn(build_model(cfg, 4), steps=2)
@@ -293,12 +293,12 @@ def test_zoo_config_survives_the_saved_run_config(tmp_path):
 # ----------------------------------------------------------------------------- export
 def export_and_compare(tmp_path, opts, settle: bool = True):
     """Checkpoint -> export_model(formats='onnx') (self-checks against dygraph) -> onnxruntime vs Paddle."""
-    from data_prep.synth import make_dataset
+    from paddle_lane.core.label_io import read_image
     from paddle_lane.deploy import export as exp
-    from paddle_lane.deploy.runtime import export_predictor
-    from paddle_lane.engine.checkpoint import save_checkpoint
-    from paddle_lane.infer.predictor import Predictor
-    from data_prep.label_io import read_image
+    from paddle_lane.inference.backends import export_predictor
+    from paddle_lane.inference.predictor import Predictor
+    from paddle_lane.prepare.synth import make_dataset
+    from paddle_lane.runs.checkpoint import save_checkpoint
     cfg = load_config(EXPORT_CONFIG, EXPORT_OPTS + opts)
     paddle.seed(0)
     model = build_model(cfg.model, 8)

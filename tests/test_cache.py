@@ -1,4 +1,4 @@
-"""The stage-size cache in-process and fast (the mutation-testing selection of data_prep.cache):
+"""The stage-size cache in-process and fast (the mutation-testing selection of paddle_lane.prepare.cache):
 its key recipe, folder names, decode reduction at its boundaries, the cached pixels against a
 reference decode written here, and every entry state."""
 from __future__ import annotations
@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import cache
-from data_prep.labels import load_scheme
-from data_prep.resize import LABEL_RESIZE_VERSION
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.core.resize import LABEL_RESIZE_VERSION
+from paddle_lane.prepare import cache
 
 SCHEME = load_scheme("apollo8")
 LUT = SCHEME.train_lut("background")

@@ -1,4 +1,4 @@
-"""Checkpoints (paddle_lane/engine/checkpoint.py) on tiny layers, pinned by hand: digests, damage
+"""Checkpoints (paddle_lane/runs/checkpoint.py) on tiny layers, pinned by hand: digests, damage
 of every kind (missing, truncated, same-size flipped bytes, a state without a key), the order
 checkpoints are found in, which one a resume takes, pruning, and repairing best/ after a crash
 between the two saves. Fast: `./run.sh mutate checkpoint`."""
@@ -11,7 +11,7 @@ import numpy as np
 import paddle
 import pytest
 
-from paddle_lane.engine import checkpoint as ck
+from paddle_lane.runs import checkpoint as ck
 
 STATE = {"stage": 0, "iter": 4, "lr": 0.01, "best_miou": 0.5, "best_iter": 4, "bad_vals": 0}
 
@@ -186,3 +186,81 @@ def test_weights_resolve_from_a_folder_or_a_file(tmp_path):
     assert ck.resolve_weights(folder / "model.pdparams") == folder / "model.pdparams"
     with pytest.raises(FileNotFoundError, match="checkpoint not found: "):
         ck.resolve_weights(tmp_path / "none")
+
+
+def test_a_save_makes_missing_parents_and_builds_in_a_hidden_temp_beside_the_target(tmp_path, monkeypatch):
+    """The temp folder sits beside the target (one rename on one file system) and is hidden, so a
+    listing of the run never shows a half-written checkpoint; state.json is indented for reading."""
+    seen = []
+    target = tmp_path / "run" / "stage3" / "iter_0000010"
+    ck._write_folder(target, lambda tmp: (seen.append(tmp), (tmp / "model.pdparams").write_bytes(b"w")), {"iter": 10})
+    assert seen[0].parent == target.parent and seen[0].name.startswith(".iter_0000010.")
+    assert (target / "model.pdparams").read_bytes() == b"w"
+    assert (target / "state.json").read_text().startswith('{\n  "iter": 10,\n  "files": {\n    "model.pdparams"')
+
+
+def test_a_stale_old_folder_left_by_a_killed_save_does_not_block_the_next(tmp_path):
+    save(tmp_path / "best", seed=1, iter=2)
+    stale = tmp_path / ".best.old"
+    stale.mkdir()
+    (stale / "model.pdparams").write_bytes(b"left by a kill between the two renames")
+    save(tmp_path / "best", seed=2, iter=4)
+    assert ck.read_state(tmp_path / "best")["iter"] == 4 and sorted(p.name for p in tmp_path.iterdir()) == ["best"]
+
+
+def test_a_failed_fill_leaves_neither_a_temp_nor_a_target(tmp_path):
+    def fill(tmp):
+        (tmp / "model.pdparams").write_bytes(b"half")
+        raise OSError("disk full")
+    with pytest.raises(OSError, match="disk full"):
+        ck._write_folder(tmp_path / "iter_0000004", fill, {"iter": 4})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_the_optimizer_state_saved_is_the_optimizers(tmp_path):
+    model = layer(1)
+    opt = paddle.optimizer.Adam(learning_rate=0.1, parameters=model.parameters())
+    model(paddle.ones([1, 3])).sum().backward()
+    opt.step()
+    folder = ck.save_checkpoint(tmp_path / "iter_0000001", model, opt, STATE)
+    fresh = paddle.optimizer.Adam(learning_rate=0.1, parameters=model.parameters())
+    ck.load_optimizer_state(model, fresh, folder / "optimizer.pdopt")
+    want, got = opt.state_dict(), fresh.state_dict()
+    moments = [k for k in want if "moment1" in k]
+    assert len(moments) == 2
+    for k in moments:
+        np.testing.assert_array_equal(got[k].numpy(), want[k].numpy())
+
+
+def test_a_state_without_best_iter_repairs_nothing(tmp_path):
+    save(tmp_path / "iter_0000001", iter=1)
+    state = {k: v for k, v in STATE.items() if k != "best_iter"}
+    assert ck.reconcile_best(tmp_path, state) is None and not (tmp_path / "best").exists()
+
+
+def test_a_best_damaged_under_an_intact_state_is_re_saved(tmp_path):
+    """Same iteration in best/state.json, but the weights were damaged: state.json alone is not trusted."""
+    save(tmp_path / "iter_0000004", seed=2, iter=4)
+    save(tmp_path / "best", seed=2, iter=4)
+    weights = tmp_path / "best" / "model.pdparams"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    note = ck.reconcile_best(tmp_path, {**STATE, "best_iter": 4, "iter": 4})
+    assert note.endswith("(it was damaged: model.pdparams does not match its SHA-256)")
+    assert weights.read_bytes() == (tmp_path / "iter_0000004" / "model.pdparams").read_bytes()
+
+
+def test_a_damaged_best_iteration_is_never_copied_into_best(tmp_path, capsys):
+    """The named iteration's checkpoint is damaged too: best/ takes the newest intact one of this
+    stage, never another stage's, and the scan prints nothing of its own."""
+    run = tmp_path / "run"
+    save(run / "stage0" / "iter_0000002", seed=1, iter=2)
+    save(run / "stage0" / "iter_0000004", seed=2, iter=4)
+    save(run / "stage1" / "iter_0000003", seed=3, iter=3, stage=1)
+    (run / "stage0" / "iter_0000004" / "model.pdparams").write_bytes(b"x")
+    note = ck.reconcile_best(run / "stage0", {**STATE, "best_iter": 4, "iter": 4})
+    assert "best/ now holds iter_0000002, the newest intact checkpoint of stage0" in note
+    assert (run / "stage0" / "best" / "model.pdparams").read_bytes() == \
+        (run / "stage0" / "iter_0000002" / "model.pdparams").read_bytes()
+    assert capsys.readouterr().err == ""

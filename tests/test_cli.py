@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from paddle_lane import cli
-from paddle_lane.errors import UserError
+from paddle_lane.cli import main as cli
+from paddle_lane.core.errors import UserError
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 H, W = 6, 8
@@ -108,7 +108,7 @@ def test_evaluate_missing_or_empty_prediction_folder_exits_2(folders, tmp_path, 
 def _failing_evaluate(monkeypatch, exc: BaseException) -> None:
     def fail(*args, **kwargs):
         raise exc
-    monkeypatch.setattr("paddle_lane.infer.commands.run_evaluate", fail)
+    monkeypatch.setattr("paddle_lane.cli.commands.run_evaluate", fail)
 
 
 @pytest.mark.parametrize("exc", [ValueError("bad value 7 in x.csv"), UserError("bad value 7 in x.csv"),
@@ -179,8 +179,8 @@ def _fake_cards(monkeypatch, count: int) -> list[str]:
 
 
 def test_single_gpu_id_trains_on_that_card(monkeypatch, capsys):
-    import paddle_lane.engine.trainer as trainer_mod
     from paddle_lane.device import select_device
+    import paddle_lane.engine.trainer as trainer_mod
     seen = []
 
     class FakeTrainer:

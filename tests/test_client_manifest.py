@@ -17,11 +17,11 @@ import paddle
 import pytest
 
 from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT
+from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
 from paddle_lane.deploy import export as exp
-from paddle_lane.engine.checkpoint import save_checkpoint
-from paddle_lane.infer import commands
 from paddle_lane.models import build_model
+from paddle_lane.runs.checkpoint import save_checkpoint
 from test_serve import assets, free_port, start, stop, wait_ready  # noqa: F401 (assets: a fixture)
 
 SIZE = (128, 48)
@@ -87,7 +87,7 @@ def serving(models, which: str):
 
 def client(models, url: str, out: Path, *extra: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1")  # 1: no warning of Paddle's on import
-    return subprocess.run([sys.executable, "-m", "paddle_lane.cli", "client", "--url", url, "--images",
+    return subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "client", "--url", url, "--images",
                            str(models["images"]), "--out", str(out), "--concurrency", "2", *extra],
                           capture_output=True, text=True, timeout=CLIENT_TIMEOUT, env=env, cwd=str(ROOT))
 

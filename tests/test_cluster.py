@@ -22,7 +22,7 @@ ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def train_cmd(opts: list[str], *extra: str, script: Path | None = None) -> list[str]:
-    entry = [str(script)] if script else ["-m", "paddle_lane.cli"]
+    entry = [str(script)] if script else ["-m", "paddle_lane.cli.main"]
     return [sys.executable, *entry, "train", "--config", str(CONFIG), "--device", "cpu", *extra, "--opts", *opts]
 
 
@@ -91,7 +91,7 @@ def load(self, gid):
         time.sleep(3600)  # every frame from here on never arrives
     return real_load(self, gid)
 LaneDataset.load = load
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
 sys.exit(cli.main(sys.argv[1:]))
 """
 
@@ -145,7 +145,7 @@ def test_a_second_train_on_a_running_folder_is_refused_naming_the_holder(prepare
 
 HOLD_SCRIPT = """
 import sys, time
-from data_prep.folder_lock import hold_folder
+from paddle_lane.core.folder_lock import hold_folder
 hold_folder(sys.argv[1], sys.argv[2])
 print("held", flush=True)
 time.sleep(120)
@@ -161,13 +161,13 @@ def test_prepare_infer_and_client_refuse_an_output_folder_in_use(prepared_synth,
     try:
         assert holder.stdout.readline().strip() == "held"
         if verb == "prepare":
-            cmd = [sys.executable, "-m", "paddle_lane.cli", "prepare", "--data-root", str(raw), "--out", str(out),
+            cmd = [sys.executable, "-m", "paddle_lane.cli.main", "prepare", "--data-root", str(raw), "--out", str(out),
                    "--config", str(CONFIG), "--opts", "data.crop_offset=76", "data.frame_height=192"]
         elif verb == "infer":
-            cmd = [sys.executable, "-m", "paddle_lane.cli", "infer", "--config", str(CONFIG), "--checkpoint",
+            cmd = [sys.executable, "-m", "paddle_lane.cli.main", "infer", "--config", str(CONFIG), "--checkpoint",
                    str(tmp_path / "no_such_ckpt"), "--list", str(lists / "val.csv"), "--out", str(out)]
         else:  # refused before the (unreachable) service is asked anything
-            cmd = [sys.executable, "-m", "paddle_lane.cli", "client", "--url", "http://127.0.0.1:9", "--list",
+            cmd = [sys.executable, "-m", "paddle_lane.cli.main", "client", "--url", "http://127.0.0.1:9", "--list",
                    str(lists / "val.csv"), "--out", str(out), "--config", str(CONFIG)]
         res = subprocess.run(cmd, env=ENV, capture_output=True, text=True, timeout=120)
     finally:
@@ -213,7 +213,7 @@ def test_a_url_served_once_is_downloaded_once_and_loaded(tmp_path):
     import threading
     import numpy as np
     import paddle
-    from paddle_lane.errors import UserError
+    from paddle_lane.core.errors import UserError
     from paddle_lane.models.download import fetch_weights
 
     root = tmp_path / "www"
@@ -248,7 +248,7 @@ def test_a_url_served_once_is_downloaded_once_and_loaded(tmp_path):
 
 ORPHAN_SCRIPT = """
 import os, sys, time
-from data_prep.procs import die_with_parent
+from paddle_lane.core.procs import die_with_parent
 pid = os.fork()
 if pid == 0:
     time.sleep(1.0)  # the parent is gone by now: getppid() already names the new parent

@@ -32,7 +32,7 @@ def two_stage_opts(lists: Path, out: Path) -> list[str]:
 
 
 def cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "paddle_lane.cli", *args]
+    return [sys.executable, "-m", "paddle_lane.cli.main", *args]
 
 
 def train(opts: list[str], *extra: str) -> list[str]:

@@ -215,7 +215,7 @@ def test_recipe_resolves_to_the_pinned_values(section):
 
 def _assert_submission_names(pairs: list[tuple[str, str]]) -> None:
     """output_name(image, the recipe's infer.name_suffix) is the file name of the image's label."""
-    from paddle_lane.infer.submission import output_name
+    from paddle_lane.inference.submission import output_name
     suffix = load_config(ROOT / "configs" / RECIPE).infer.name_suffix
     assert pairs
     for image, label in pairs:
@@ -232,7 +232,7 @@ def test_default_name_suffix_gives_the_real_label_names():
 
 def test_default_name_suffix_gives_the_synthetic_label_names(tmp_path):
     """On a synthetic dataset in the competition layout: the same rule, image stem + suffix = label name."""
-    from data_prep.synth import make_dataset
+    from paddle_lane.prepare.synth import make_dataset
     data = make_dataset(tmp_path, roads=("Road02",), records_per_road=1, frames_per_record=1,
                         width=64, height=32, palette_labels=True)
     pairs = data["pairs"]

@@ -15,17 +15,17 @@ import yaml
 from PIL import Image
 
 from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT, real_data_or_skip
-from data_prep.label_io import read_image
-from data_prep.synth import make_dataset
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
+from paddle_lane.cli import commands
 from paddle_lane.config import load_config
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.label_io import read_image
 from paddle_lane.deploy import export as exp
-from paddle_lane.deploy.runtime import export_predictor, read_deploy
-from paddle_lane.engine.checkpoint import save_checkpoint
-from paddle_lane.errors import UserError
-from paddle_lane.infer import commands
-from paddle_lane.infer.predictor import Predictor
+from paddle_lane.inference.backends import export_predictor, read_deploy
+from paddle_lane.inference.predictor import Predictor
 from paddle_lane.models import build_model
+from paddle_lane.prepare.synth import make_dataset
+from paddle_lane.runs.checkpoint import save_checkpoint
 
 W, H, OFFSET = 384, 192, 76
 SIZE = (128, 48)
@@ -219,7 +219,7 @@ def test_sharded_infer_over_two_processes_equals_one(exported, frames, tmp_path)
         os.symlink(frames[i % len(frames)], folder / f"f{i}.jpg")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PADDLE_LANE_LAUNCHED", None)
-    run = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "infer", "--checkpoint", str(out), "--images",
+    run = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "infer", "--checkpoint", str(out), "--images",
                           str(folder), "--out", str(tmp_path / "sharded"), "--nproc", "2"],
                          capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -256,7 +256,7 @@ def test_a_converter_crash_is_one_line_and_keeps_nothing(frames, tmp_path):
 ])
 def test_member_labels_name_the_architecture(opts, label):
     """What deploy.yml's `arch`, the infer member list and manifests say of a model."""
-    from paddle_lane.infer.predictor import model_label
+    from paddle_lane.inference.predictor import model_label
     assert model_label(load_config(CONFIG, OPTS + opts).model) == label
 
 

@@ -10,14 +10,14 @@ import pytest
 from PIL import Image
 
 from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS
-from data_prep.label_io import image_size
-from data_prep.synth import make_dataset
+from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
+from paddle_lane.core.label_io import image_size
 from paddle_lane.deploy import export as exp
-from paddle_lane.engine.checkpoint import save_checkpoint
-from paddle_lane.infer import commands
-from paddle_lane.infer.predictor import Predictor
+from paddle_lane.inference.predictor import Predictor
 from paddle_lane.models import build_model
+from paddle_lane.prepare.synth import make_dataset
+from paddle_lane.runs.checkpoint import save_checkpoint
 
 SIZE = (128, 48)
 

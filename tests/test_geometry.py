@@ -1,4 +1,4 @@
-"""The predictor's model-free halves (paddle_lane.infer.geometry) against references written here:
+"""The predictor's model-free halves (paddle_lane.inference.geometry) against references written here:
 area means of blocks, a numpy bilinear upsampling with half-pixel centres, the apollo8 decode
 table by hand, PIL's reduced JPEG decode. Fast: it is the mutation-testing selection of the
 predictor's pre- and post-processing."""
@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.labels import load_scheme
-from paddle_lane.infer import geometry as geo
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.inference import geometry as geo
 
 SUBMIT = np.array([0, 204, 203, 217, 210, 214, 224, 227], np.uint8)  # apollo8 train id -> Apollo id
 
@@ -168,7 +168,7 @@ def test_normalize_weights():
 
 
 def test_decode_image_from_bytes_and_its_errors(tmp_path):
-    from data_prep.label_io import UnreadableFileError, decode_image, read_image
+    from paddle_lane.core.label_io import UnreadableFileError, decode_image, read_image
     rng = np.random.default_rng(5)
     frame = rng.integers(0, 256, size=(16, 16, 3)).astype(np.uint8)
     path = tmp_path / "f.png"
@@ -189,7 +189,7 @@ def test_decode_image_from_bytes_and_its_errors(tmp_path):
 
 
 def test_errors_name_their_source_and_small_weights_normalise(tmp_path):
-    from data_prep.label_io import UnreadableFileError
+    from paddle_lane.core.label_io import UnreadableFileError
     cut = tmp_path / "cut.jpg"
     Image.fromarray(np.zeros((20, 24, 3), np.uint8)).save(cut, quality=90)
     cut.write_bytes(cut.read_bytes()[:-40])

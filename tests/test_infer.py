@@ -17,20 +17,21 @@ import pytest
 from PIL import Image
 
 from conftest import ROOT
-from data_prep.cache import load_resized
-from data_prep.label_io import image_size, read_image, read_label
-from data_prep.labels import load_scheme
-from data_prep.synth import make_dataset
+from paddle_lane.cli import main as cli
+from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
+from paddle_lane.core.label_io import image_size, read_image, read_label
+from paddle_lane.core.labels import load_scheme
 from paddle_lane.data.dataset import LaneDataset
 from paddle_lane.data.transforms import FrameSource
-from paddle_lane.engine.checkpoint import save_checkpoint
-from paddle_lane import cli
-from paddle_lane.infer import commands
-from paddle_lane.infer.predictor import Predictor, inputs_from_file, probs_to_ids, window_starts
-from paddle_lane.infer.submission import validate_submission, write_submission, zip_path_for
-from paddle_lane.infer.video import annotate_video, draw_fps
+from paddle_lane.inference.inputs import images_from
+from paddle_lane.inference.predictor import Predictor, inputs_from_file, probs_to_ids, window_starts
+from paddle_lane.inference.submission import validate_submission, write_submission, zip_path_for
+from paddle_lane.inference.video import annotate_video, draw_fps
 from paddle_lane.models import build_model
+from paddle_lane.prepare.cache import load_resized
+from paddle_lane.prepare.synth import make_dataset
+from paddle_lane.runs.checkpoint import save_checkpoint
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 W, H, OFFSET = 384, 192, 76
@@ -394,7 +395,7 @@ def test_commands_infer_validate_evaluate(ckpt, data, tmp_path, capsys):
 
 def test_commands_reject_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="exactly one"):
-        commands.images_from(None, None)
+        images_from(None, None)
     with pytest.raises(ValueError, match="scales"):
         commands.parse_floats("1,x", "scales")
     with pytest.raises(FileNotFoundError, match="image folder not found"):
@@ -407,7 +408,7 @@ def test_commands_reject_bad_arguments(tmp_path):
 def test_folder_walk_skips_label_trees_and_the_output_folder(data, capsys, tmp_path):
     """A dataset root holds images and label trees together: only the images are inputs,
     and the count of skipped labels is said; files under the output folder are never inputs."""
-    from paddle_lane.infer.submission import list_images
+    from paddle_lane.inference.submission import list_images
     root = Path(data["root"])
     jpgs = sorted(str(p) for p in root.rglob("*.jpg"))
     pngs = list(root.rglob("*.png"))

@@ -68,14 +68,14 @@ def test_wheel_in_a_fresh_venv_runs_the_deployment_chain(installed):
     py = bin_dir / "python"
 
     # installed, not linked to the checkout
-    where = run([py, "-c", "import paddle_lane, data_prep; print(paddle_lane.__file__); print(data_prep.__file__)"],
+    where = run([py, "-c", "import paddle_lane, paddle_lane.core; print(paddle_lane.__file__); print(paddle_lane.core.__file__)"],
                 work, env).stdout.split()
     assert all(str(venv) in w and str(ROOT) not in w for w in where), where
 
     out = run([cli, "doctor"], work, env).stdout
     assert "checks passed" in out and "scheme apollo8 8 classes" in out, out
 
-    run([py, "-c", "from data_prep.synth import make_dataset; make_dataset('raw', roads=('Road02', 'Road03'), "
+    run([py, "-c", "from paddle_lane.prepare.synth import make_dataset; make_dataset('raw', roads=('Road02', 'Road03'), "
                    "records_per_road=3, frames_per_record=2, width=384, height=192, seed=3)"], work, env)
     config = work / "configs" / "demo_tiny.yml"
     run([cli, "prepare", "--data-root", "raw", "--out", "prep", "--config", config, "--workers", "1",

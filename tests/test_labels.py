@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.label_io import UnknownColorError, UnreadableFileError, read_image, read_label
-from data_prep.labels import IGNORE_INDEX, label_table, load_scheme
+from paddle_lane.core.label_io import UnknownColorError, UnreadableFileError, read_image, read_label
+from paddle_lane.core.labels import IGNORE_INDEX, label_table, load_scheme
 
 APOLLO_DEV = Path(__file__).resolve().parents[2] / "shared" / "apollo_dev"
 
@@ -197,7 +197,7 @@ def test_a_bad_scheme_file_is_one_error_naming_the_file(tmp_path, text, message)
 @pytest.mark.parametrize("shape", [(7,), (3, 5), (2, 3, 4), (1, 1)])
 def test_apply_lut_keeps_any_shape_and_casts_ids(shape):
     """One table lookup per value whatever the array's shape or integer type (reference: fancy indexing)."""
-    from data_prep.labels import apply_lut
+    from paddle_lane.core.labels import apply_lut
     rng = np.random.default_rng(len(shape))
     lut = rng.integers(0, 256, 256).astype(np.uint8)
     ids = rng.integers(0, 256, shape)

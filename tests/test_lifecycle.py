@@ -19,15 +19,15 @@ import pytest
 
 from conftest import ROOT, alive_after, run_until_signalled, tiny_train_opts
 from paddle_lane.config import load_config
-from paddle_lane.engine.checkpoint import checkpoint_damage
 from paddle_lane.engine.trainer import Trainer
+from paddle_lane.runs.checkpoint import checkpoint_damage
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
 
 
 def _train_cmd(opts: list[str], *extra: str) -> list[str]:
-    return [sys.executable, "-m", "paddle_lane.cli", "train", "--config", str(CONFIG), "--device", "cpu",
+    return [sys.executable, "-m", "paddle_lane.cli.main", "train", "--config", str(CONFIG), "--device", "cpu",
             *extra, "--opts", *opts]
 
 
@@ -138,7 +138,7 @@ def load(self, gid):
         time.sleep(3600)  # a worker that never delivers this frame
     return real_load(self, gid)
 LaneDataset.load = load
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
 sys.exit(cli.main(sys.argv[1:]))
 """
 

@@ -1,4 +1,4 @@
-"""Submission manifests (paddle_lane/infer/manifest.py) on hand-made dicts: which differences make
+"""Submission manifests (paddle_lane/inference/manifest.py) on hand-made dicts: which differences make
 a folder another recipe's, by content and never by path, between infer's and client's manifests,
 and what a used folder does. Fast: `./run.sh mutate manifest`."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import json
 
 import pytest
 
-from paddle_lane.errors import UserError
-from paddle_lane.infer.manifest import claim_folder, differences, served_manifest
+from paddle_lane.core.errors import UserError
+from paddle_lane.inference.manifest import claim_folder, differences, served_manifest
 
 
 def infer_manifest(**over):

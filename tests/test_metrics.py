@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from paddle_lane.metrics import SegMetric, metric_to_jsonable, packed_confusion, pair_code_lut
+from paddle_lane.core.metrics import SegMetric, metric_to_jsonable, packed_confusion, pair_code_lut
 
 NAMES = ["bg", "lane_a", "lane_b"]
 I = 255  # ignore

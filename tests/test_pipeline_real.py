@@ -17,7 +17,7 @@ STAGES = [(192, 64), (256, 96), (192, 64), (256, 96)]
 
 
 def _cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    res = subprocess.run([sys.executable, "-m", "paddle_lane.cli", *args], env=ENV, capture_output=True,
+    res = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", *args], env=ENV, capture_output=True,
                          text=True, timeout=timeout)  # a hang fails the test instead of CI
     assert res.returncode == 0, (args[0], res.stdout[-1500:], res.stderr[-1500:])
     return res

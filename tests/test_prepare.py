@@ -16,14 +16,14 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from data_prep import synth
-from data_prep.label_io import read_image, read_label
-from data_prep.labels import load_scheme
-from data_prep.prepare import prepare
-from data_prep.scan import scan
-from data_prep.split import split_by_group
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
 from paddle_lane.config import load_config
+from paddle_lane.core.label_io import read_image, read_label
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.prepare import synth
+from paddle_lane.prepare.pipeline import prepare
+from paddle_lane.prepare.scan import scan
+from paddle_lane.prepare.split import split_by_group
 
 W, H = 384, 192
 OFFSET = 77  # the real 690 of 1710 rows, scaled to H
@@ -306,7 +306,7 @@ def test_cli_prints_summary_and_exits_0(dataset, tmp_path, capsys):
 
 def test_cli_missing_data_root_exits_2_with_one_line(tmp_path):
     missing = tmp_path / "no such folder"
-    proc = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "prepare", "--data-root", str(missing),
+    proc = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "prepare", "--data-root", str(missing),
                            "--out", str(tmp_path / "out")], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
@@ -342,8 +342,8 @@ def test_two_workers_give_the_same_lists_as_one(copy, tmp_path):
 def test_cache_folder_follows_every_input_of_its_files(tmp_path, monkeypatch):
     """Offset, size, ignore policy, label rule, the scheme's table content and the rule's
     version each give another cache folder; the same inputs give the same folder."""
-    import data_prep.cache as cache
-    from data_prep.labels import Scheme
+    from paddle_lane.core.labels import Scheme
+    import paddle_lane.prepare.cache as cache
     scheme = load_scheme("apollo8")
     base = cache.cache_dir(tmp_path, 690, (768, 256), scheme, "background", "nearest")
     assert base == cache.cache_dir(tmp_path, 690, (768, 256), load_scheme("apollo8"), "background", "nearest")
@@ -373,14 +373,14 @@ def test_cache_folder_follows_every_input_of_its_files(tmp_path, monkeypatch):
     ((846, 428), 172, (256, 96), 2),      # 4 gives 64 rows < 95.04
 ])
 def test_jpeg_decode_reduction_by_hand(full, offset, size, reduce):
-    from data_prep.cache import best_reduce
+    from paddle_lane.prepare.cache import best_reduce
     assert best_reduce(full, offset, size) == reduce
 
 
 def test_cache_entry_states(tmp_path):
     """written, reused (same source), rebuilt (source changed or a file missing), error (named)."""
-    from data_prep.cache import build_entry, cached_paths
-    from data_prep.synth import make_dataset
+    from paddle_lane.prepare.cache import build_entry, cached_paths
+    from paddle_lane.prepare.synth import make_dataset
     info = make_dataset(tmp_path / "raw", roads=("Road02",), records_per_road=1, frames_per_record=1,
                         cameras=("Camera 5",), width=W, height=H, seed=2)
     pair = info["pairs"][0]

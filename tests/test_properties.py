@@ -11,8 +11,8 @@ from hypothesis import strategies as st
 from hypothesis.extra.numpy import arrays
 
 from conftest import ROOT
-from data_prep.labels import ignore_in_eval_ids, known_ids, load_scheme
-from paddle_lane.metrics import SegMetric
+from paddle_lane.core.labels import ignore_in_eval_ids, known_ids, load_scheme
+from paddle_lane.core.metrics import SegMetric
 
 KNOWN = sorted(known_ids())
 SCHEMES = ["apollo8", "apollo9"]
@@ -77,7 +77,7 @@ def test_score_does_not_depend_on_frame_order(data):
 def test_flip_tta_of_a_flip_equivariant_model_is_plain_inference(seed, width):
     """A 1x1 convolution sees each pixel alone, so mirroring its input mirrors its output."""
     from paddle_lane.config import load_config
-    from paddle_lane.infer.predictor import Predictor
+    from paddle_lane.inference.predictor import Predictor
     cfg = load_config(ROOT / "configs" / "demo_tiny.yml", ["data.crop_offset=16", "data.frame_height=64"])
     paddle.seed(seed)
     model = paddle.nn.Conv2D(3, 8, 1)

@@ -19,17 +19,17 @@ import yaml
 from PIL import Image
 
 from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT
-from data_prep.label_io import image_size, read_image, read_label
-from data_prep.labels import load_scheme
-from data_prep.procs import die_with_parent, wait_http_ready
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
+from paddle_lane.cli import commands
 from paddle_lane.config import load_config
+from paddle_lane.core.label_io import image_size, read_image, read_label
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.core.procs import die_with_parent, wait_http_ready
 from paddle_lane.deploy import export as exp
-from paddle_lane.deploy.runtime import export_predictor, read_deploy
-from paddle_lane.engine.checkpoint import save_checkpoint
-from paddle_lane.infer import commands
-from paddle_lane.infer.predictor import Predictor
+from paddle_lane.inference.backends import export_predictor, read_deploy
+from paddle_lane.inference.predictor import Predictor
 from paddle_lane.models import build_model
+from paddle_lane.runs.checkpoint import save_checkpoint
 
 SIZE = (128, 48)
 LISTS_OPTS = ["data.crop_offset=76", "data.frame_height=192"]
@@ -187,7 +187,7 @@ def test_serve_runs_the_int8_graph(int8_export, setup, tmp_path):
         port = s.getsockname()[1]
     log = tmp_path / "serve.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli", "serve", "--model", str(out), "--port", str(port),
+    proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli.main", "serve", "--model", str(out), "--port", str(port),
                              "--backend", "onnxruntime-int8"], stdout=log.open("w"), stderr=subprocess.STDOUT, env=env,
                             cwd=str(ROOT), preexec_fn=_child)
     url = f"http://127.0.0.1:{port}"

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
 
 README = (ROOT / "README.md").read_text()
 RUN_SH_VERBS = ("setup", "test", "help", "mutate")  # handled by run.sh itself, not by the Python CLI
@@ -77,7 +77,7 @@ infer: {{num_workers: 0}}
 def test_the_documented_chain_runs(tmp_path, monkeypatch):
     """The README's own command lines, in order, with DATA / FILE / the recipe config pointed at
     tiny synthetic equivalents (relative output folders land in a temp folder), succeed."""
-    from data_prep.synth import make_dataset
+    from paddle_lane.prepare.synth import make_dataset
     monkeypatch.chdir(tmp_path)
     make_dataset(tmp_path / "DATA", roads=("Road02", "Road03"), records_per_road=2, frames_per_record=2,
                  width=384, height=192, seed=4, test_frames=2)

@@ -11,11 +11,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.synth import make_dataset
-from paddle_lane import cli
-from paddle_lane.report import analysis as an
-from paddle_lane.report.compare import bootstrap, resampled_iou
-from paddle_lane.report.html import build_report, error_map
+from paddle_lane.cli import main as cli
+from paddle_lane.evaluation import analysis as an
+from paddle_lane.evaluation.compare import bootstrap, resampled_iou
+from paddle_lane.evaluation.report import build_report, error_map
+from paddle_lane.prepare.synth import make_dataset
 
 
 # ----------------------------------------------------------------------------- analysis

@@ -19,11 +19,11 @@ import psutil
 import pytest
 
 from conftest import ROOT, alive_after, real_data_or_skip, tiny_train_opts
-from data_prep.label_io import read_label
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
 from paddle_lane.config import load_config
-from paddle_lane.engine.checkpoint import checkpoint_damage, list_checkpoints, read_state
+from paddle_lane.core.label_io import read_label
 from paddle_lane.engine.trainer import Trainer
+from paddle_lane.runs.checkpoint import checkpoint_damage, list_checkpoints, read_state
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -143,7 +143,7 @@ def test_visualdl_on_a_used_port_exits_at_once(tmp_path):
         s.listen()
         port = s.getsockname()[1]
         t0 = time.monotonic()
-        res = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "visualdl", "--logdir", str(tmp_path),
+        res = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "visualdl", "--logdir", str(tmp_path),
                               "--port", str(port)], env=ENV, capture_output=True, text=True, timeout=60)
     assert res.returncode != 0 and time.monotonic() - t0 < 30
     assert f"port {port} on 127.0.0.1 is already in use" in res.stderr
@@ -217,7 +217,7 @@ def test_a_cut_jpeg_with_an_end_marker_is_reported(prepared_synth, tmp_path):
 
 
 def test_a_cut_real_jpeg_is_reported(tmp_path):
-    from data_prep.label_io import UnreadableFileError, read_image
+    from paddle_lane.core.label_io import UnreadableFileError, read_image
     data = real_data_or_skip()
     src = sorted(data.rglob("*.jpg"))[0]
     cut = tmp_path / src.name
@@ -243,7 +243,7 @@ def test_training_killed_at_ten_points_always_resumes(prepared_synth, tmp_path):
     _, lists = prepared_synth
     opts = tiny_train_opts(lists, tmp_path / "run", iters=60, val_interval=20) + [
         "train.checkpoint_interval=1", "train.keep_last=2", "data.num_workers=2"]
-    cmd = [sys.executable, "-m", "paddle_lane.cli", "train", "--config", str(CONFIG), "--device", "cpu"]
+    cmd = [sys.executable, "-m", "paddle_lane.cli.main", "train", "--config", str(CONFIG), "--device", "cpu"]
     rng = random.Random(0)
     for k in range(10):
         flags = ["--resume"] if k else []
@@ -263,7 +263,7 @@ def test_inference_killed_at_ten_points_always_completes(prepared_synth, tmp_pat
     sub = tmp_path / "sub"
     all_list = tmp_path / "all.csv"
     pd.concat([pd.read_csv(lists / "train.csv"), pd.read_csv(lists / "val.csv")]).to_csv(all_list, index=False)
-    cmd = [sys.executable, "-m", "paddle_lane.cli", "infer", "--config", str(run / "config.yml"), "--checkpoint",
+    cmd = [sys.executable, "-m", "paddle_lane.cli.main", "infer", "--config", str(run / "config.yml"), "--checkpoint",
            str(run / "stage0" / "best"), "--list", str(all_list), "--out", str(sub), "--tta", "flip",
            "--scales", "0.75,1,1.25", "--opts", "infer.num_workers=2"]
     rng = random.Random(1)
@@ -277,7 +277,7 @@ def test_inference_killed_at_ten_points_always_completes(prepared_synth, tmp_pat
 
 def test_sigkill_of_prepare_leaves_no_pool_worker(prepared_synth, tmp_path):
     raw, _ = prepared_synth
-    cmd = [sys.executable, "-m", "paddle_lane.cli", "prepare", "--data-root", str(raw), "--out", str(tmp_path / "o"),
+    cmd = [sys.executable, "-m", "paddle_lane.cli.main", "prepare", "--data-root", str(raw), "--out", str(tmp_path / "o"),
            "--workers", "2", "--cache", "--config", str(CONFIG), "--opts", "data.crop_offset=76", "data.frame_height=192"]
     proc = subprocess.Popen(cmd, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     kids: list[int] = []
@@ -302,7 +302,7 @@ def test_temp_files_of_a_killed_infer_are_removed_and_never_scored(prepared_synt
     assert cli.main(args) == 0
     stale = sub / f".{next(sub.glob('*.png')).name}.k2j3h4.png"  # what atomic_path leaves when killed
     stale.write_bytes(b"partial")
-    from paddle_lane.scorer import score_folders
+    from paddle_lane.evaluation.scorer import score_folders
     gt_dir = Path(pd.read_csv(lists / "val.csv")["label"][0]).parent
     report = score_folders(sub, gt_dir, "apollo8", workers=1, progress=False)
     assert not any(stale.name in p["file"] for p in report.problems)
@@ -311,7 +311,7 @@ def test_temp_files_of_a_killed_infer_are_removed_and_never_scored(prepared_synt
 
 
 def test_manifest_differences_name_what_each_member_config_decides():
-    from paddle_lane.infer.manifest import differences
+    from paddle_lane.inference.manifest import differences
     old = {"checkpoints": [{"path": "a", "sha256": "1", "size": [8, 4], "model": "lite width 4", "mean": [0.5] * 3,
                             "std": [0.2] * 3}], "weights": [1.0], "flip": True, "scales": [1.0],
            "config_sha1": "c", "code_version": "0.1.0"}

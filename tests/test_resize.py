@@ -7,7 +7,7 @@ import cv2
 import numpy as np
 import pytest
 
-from data_prep.resize import argmax_full_size, resize_image
+from paddle_lane.core.resize import argmax_full_size, resize_image
 
 
 def _reference(probs: np.ndarray, offset: int, full_size: tuple[int, int]) -> np.ndarray:
@@ -78,7 +78,7 @@ def test_shrink_by_a_fractional_factor_weights_pixels_by_overlap(src, dst):
 @pytest.mark.parametrize("offset, frame_height, height, rows", [
     (690, 1710, 1710, 690), (690, 1710, 855, 345), (690, 1710, 428, 173), (690, 1710, 3420, 1380), (76, 192, 96, 38)])
 def test_crop_follows_the_frame_height(offset, frame_height, height, rows):
-    from data_prep.resize import crop_rows
+    from paddle_lane.core.resize import crop_rows
     assert crop_rows(offset, frame_height, height) == rows  # round(offset * height / frame_height), by hand
 
 
@@ -94,7 +94,7 @@ def _centre_reference(ids: np.ndarray, size) -> np.ndarray:
 def test_label_vote_takes_the_largest_share_of_each_block():
     """4x4 -> 2x2 by hand: each 2x2 block goes to its most frequent value; a tie goes to the
     lower value; ignore (255) competes like a class."""
-    from data_prep.resize import resize_label
+    from paddle_lane.core.resize import resize_label
     ids = np.array([[1, 1, 2, 3],
                     [1, 0, 2, 2],
                     [0, 0, 255, 255],
@@ -106,7 +106,7 @@ def test_label_vote_takes_the_largest_share_of_each_block():
 
 @pytest.mark.parametrize("mode", ["nearest", "vote"])
 def test_label_resize_samples_centres_when_nearest_or_enlarging(mode):
-    from data_prep.resize import resize_label
+    from paddle_lane.core.resize import resize_label
     ids = np.random.default_rng(3).integers(0, 8, (30, 50)).astype(np.uint8)
     # even target sides: no target centre falls on a source border, so "the pixel under it" is unique
     np.testing.assert_array_equal(resize_label(ids, (76, 46), mode), _centre_reference(ids, (76, 46)))
@@ -117,7 +117,7 @@ def test_label_resize_samples_centres_when_nearest_or_enlarging(mode):
 
 
 def test_label_resize_rejects_an_unknown_rule():
-    from data_prep.resize import resize_label
+    from paddle_lane.core.resize import resize_label
     with pytest.raises(ValueError, match=r"label resize rule must be one of \['vote', 'nearest'\], got 'area'"):
         resize_label(np.zeros((4, 4), np.uint8), (2, 2), "area")
 
@@ -146,7 +146,7 @@ def test_one_axis_equal_or_enlarged_is_bilinear_not_area():
 def test_label_vote_only_when_both_sides_shrink():
     """Vote mode on a kept width (or height) samples centres like nearest: in rows 3, 5, 3 the
     centre row is 5, where a vote would take 3 (two of three)."""
-    from data_prep.resize import resize_label
+    from paddle_lane.core.resize import resize_label
     ids = np.array([[3] * 6, [5] * 6, [3] * 6] * 2, np.uint8)                 # 6 wide, 6 tall
     assert resize_label(ids, (6, 2), "vote").tolist() == [[5] * 6, [5] * 6]
     assert resize_label(ids.T.copy(), (2, 6), "vote").tolist() == [[5, 5]] * 6
@@ -158,7 +158,7 @@ def test_label_vote_only_when_both_sides_shrink():
 
 def test_label_vote_counts_the_whole_block_not_its_centre():
     """3x shrink: bilinear would read each block's centre pixel; the vote counts all nine."""
-    from data_prep.resize import resize_label
+    from paddle_lane.core.resize import resize_label
     ids = np.full((6, 6), 4, np.uint8)
     ids[1, 1] = ids[1, 4] = ids[4, 1] = ids[4, 4] = 9                       # the centre of every block
     ids[3:6, 3:6][ids[3:6, 3:6] == 4] = 2                                    # one block mostly 2
@@ -167,7 +167,7 @@ def test_label_vote_counts_the_whole_block_not_its_centre():
 
 
 def test_argmax_full_size_is_uint8():
-    from data_prep.resize import argmax_full_size
+    from paddle_lane.core.resize import argmax_full_size
     probs = np.random.default_rng(6).random((3, 4, 5)).astype(np.float32)
     out = argmax_full_size(probs, 2, (10, 10))
     assert out.dtype == np.uint8 and out.shape == (10, 10)
@@ -175,7 +175,7 @@ def test_argmax_full_size_is_uint8():
 
 def test_argmax_full_size_takes_half_precision_scores():
     """A half-precision backend's float16 scores go through (OpenCV resizes float32, not float16)."""
-    from data_prep.resize import argmax_full_size
+    from paddle_lane.core.resize import argmax_full_size
     probs = np.random.default_rng(7).random((3, 4, 5)).astype(np.float32)
     half = argmax_full_size(probs.astype(np.float16), 0, (10, 8))
     full = argmax_full_size(probs.astype(np.float16).astype(np.float32), 0, (10, 8))
@@ -185,7 +185,7 @@ def test_argmax_full_size_takes_half_precision_scores():
 def test_label_vote_on_a_tall_source():
     """3 wide, 9 tall -> 1 x 3: both sides shrink (the height stays above the source width), so
     each 3x3 block votes: columns 3, 5, 3 give 3 where the centre column would give 5."""
-    from data_prep.resize import resize_label
+    from paddle_lane.core.resize import resize_label
     ids = np.array([[3, 5, 3]] * 9, np.uint8)
     assert resize_label(ids, (1, 3), "vote").tolist() == [[3]] * 3
     assert resize_label(ids, (1, 3), "nearest").tolist() == [[5]] * 3

@@ -15,9 +15,9 @@ import pytest
 
 from conftest import ROOT, run_until_signalled, tiny_train_opts
 from paddle_lane.config import load_config
-from paddle_lane.engine import checkpoint as ckpt_mod
 from paddle_lane.engine import trainer as trainer_mod
 from paddle_lane.engine.trainer import Trainer, TrainingInterrupted
+from paddle_lane.runs import checkpoint as ckpt_mod
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 ENV = dict(os.environ, PYTHONPATH=str(ROOT))
@@ -150,7 +150,7 @@ def test_the_first_log_line_after_a_resume_averages_the_same_iterations(prepared
 
 
 def _cli_train(opts, *extra):
-    return subprocess.run([sys.executable, "-m", "paddle_lane.cli", "train", "--config", str(CONFIG), "--device", "cpu",
+    return subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "train", "--config", str(CONFIG), "--device", "cpu",
                            *extra, "--opts", *opts], env=ENV, capture_output=True, text=True, timeout=300)
 
 
@@ -197,12 +197,12 @@ def test_a_label_edited_after_prepare_is_not_trained_on_from_its_stale_cached_co
     """prepare --cache, then a label is corrected: training rebuilds that cache entry at start,
     and the cached label then equals a fresh resize of the corrected file."""
     import cv2
-    from data_prep.cache import cache_dir, cached_paths, load_resized
-    from data_prep.label_io import read_label
-    from data_prep.labels import load_scheme
-    from data_prep.prepare import prepare
-    from data_prep.resize import crop_rows
-    from data_prep.synth import make_dataset
+    from paddle_lane.core.label_io import read_label
+    from paddle_lane.core.labels import load_scheme
+    from paddle_lane.core.resize import crop_rows
+    from paddle_lane.prepare.cache import cache_dir, cached_paths, load_resized
+    from paddle_lane.prepare.pipeline import prepare
+    from paddle_lane.prepare.synth import make_dataset
 
     raw, lists = tmp_path / "raw", tmp_path / "prepare"
     make_dataset(raw, roads=("Road02",), records_per_road=2, frames_per_record=2, width=384, height=192, seed=5)
@@ -238,7 +238,7 @@ def test_evaluate_refuses_predictions_inside_the_ground_truth(prepared_synth, tm
     shutil.copytree(next(raw.rglob("Label")), gt / "Label")
     before = sorted(p.relative_to(gt) for p in gt.rglob("*"))
     for pred in (gt, gt / "Label"):
-        res = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "evaluate", "--pred", str(pred), "--gt", str(gt)],
+        res = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "evaluate", "--pred", str(pred), "--gt", str(gt)],
                              env=ENV, capture_output=True, text=True, timeout=120)
         assert res.returncode == 2, res.stderr[-2000:]
         last = res.stderr.strip().splitlines()[-1]

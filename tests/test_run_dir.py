@@ -1,4 +1,4 @@
-"""What a run folder may be used for (paddle_lane/engine/run_dir.py), pinned by hand: which
+"""What a run folder may be used for (paddle_lane/runs/run_dir.py), pinned by hand: which
 entries make a folder a used run, moving one aside, which config changes a resume accepts, the
 stop line, and the temp entries an interrupted save leaves. Fast: `./run.sh mutate run_dir`."""
 from __future__ import annotations
@@ -10,10 +10,10 @@ import time
 import pytest
 import yaml
 
-from paddle_lane.engine.run_dir import (aside_name, check_fresh_start, check_resume_config, clear_stale_temps,
+from paddle_lane.runs.run_dir import (aside_name, check_fresh_start, check_resume_config, clear_stale_temps,
                                         config_differences, flatten, holds_run, move_aside, stop_message,
                                         stopped_line)
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 
 @pytest.mark.parametrize("entries, want", [

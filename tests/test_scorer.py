@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.labels import load_scheme
-from paddle_lane.errors import UserError
-from paddle_lane.scorer import score_folders
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.evaluation.scorer import score_folders
 
 SCHEME = load_scheme("apollo8")
 APOLLO_DEV = Path(__file__).resolve().parents[1].parent / "shared" / "apollo_dev"
@@ -224,7 +224,7 @@ def test_real_palette_labels_against_gray_labels_score_one(tmp_path):
 @pytest.mark.parametrize("n", [3, 8, 16])
 def test_packed_histogram_confusion_equals_bincount(n):
     """The one-byte packed histogram path agrees with a plain bincount, ignore included."""
-    from paddle_lane.scorer import frame_confusion
+    from paddle_lane.evaluation.scorer import frame_confusion
     rng = np.random.default_rng(n)
     gt_lut = rng.integers(0, n, 256).astype(np.uint8)
     gt_lut[rng.choice(256, 40, replace=False)] = 255
@@ -239,7 +239,7 @@ def test_packed_histogram_confusion_equals_bincount(n):
 @pytest.mark.parametrize("n", [8, 16])
 def test_out_of_range_prediction_raises_naming_the_values(n):
     """A train id >= n would land in another class's bin of the packed histogram; both paths refuse it."""
-    from paddle_lane.scorer import frame_confusion
+    from paddle_lane.evaluation.scorer import frame_confusion
     gt_lut = np.zeros(256, np.uint8)
     pred = np.zeros((4, 5), np.uint8)
     pred[0, 0], pred[3, 4] = n, n + 3
@@ -286,8 +286,8 @@ def _assert_ious(report, expected):
 
 def test_frame_confusion_maps_ground_truth_with_the_evaluation_table():
     """frame_confusion with apollo9's eval table gives the hand-counted confusion (ignoreInEval ids dropped)."""
-    from data_prep.labels import apply_lut
-    from paddle_lane.scorer import frame_confusion
+    from paddle_lane.core.labels import apply_lut
+    from paddle_lane.evaluation.scorer import frame_confusion
     pred = apply_lut(PRED9, APOLLO9.pred_lut())
     np.testing.assert_array_equal(frame_confusion(pred, GT9, APOLLO9.eval_lut(), 9), CONFUSION9)
 

@@ -19,13 +19,13 @@ import pytest
 from PIL import Image
 
 from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT
-from data_prep.procs import die_with_parent, wait_http_ready
-from data_prep.synth import make_dataset
+from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
+from paddle_lane.core.procs import die_with_parent, wait_http_ready
 from paddle_lane.deploy import export as exp
-from paddle_lane.engine.checkpoint import save_checkpoint
-from paddle_lane.infer import commands
 from paddle_lane.models import build_model
+from paddle_lane.prepare.synth import make_dataset
+from paddle_lane.runs.checkpoint import save_checkpoint
 
 W, H, OFFSET = 384, 192, 76
 SIZE = (128, 48)
@@ -39,7 +39,7 @@ def free_port() -> int:
 
 
 def child_setup() -> None:
-    """Dies with the test process; SIGTERM deliverable (importing paddle_lane.cli blocks it in this
+    """Dies with the test process; SIGTERM deliverable (importing paddle_lane.cli.main blocks it in this
     process, and a child inherits the mask)."""
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
     die_with_parent()
@@ -47,7 +47,7 @@ def child_setup() -> None:
 
 def start(args: list[str], log: Path) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
-    return subprocess.Popen([sys.executable, "-m", "paddle_lane.cli", *args], stdout=log.open("w"),
+    return subprocess.Popen([sys.executable, "-m", "paddle_lane.cli.main", *args], stdout=log.open("w"),
                             stderr=subprocess.STDOUT, env=env, cwd=str(ROOT), preexec_fn=child_setup)
 
 
@@ -239,7 +239,7 @@ def test_client_writes_the_infer_submission(server, assets, tmp_path):
     url, _, _ = server
     out = tmp_path / "client_sub"
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    run = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "client", "--url", url, "--images",
+    run = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "client", "--url", url, "--images",
                           str(assets["images"]), "--out", str(out), "--concurrency", "4",
                           "--config", str(assets["export"] / "config.yml")],
                          capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
@@ -248,7 +248,7 @@ def test_client_writes_the_infer_submission(server, assets, tmp_path):
         name = path.stem + "_bin.png"
         assert (out / name).read_bytes() == (assets["infer"] / name).read_bytes()
     assert "4 sent, 0 failed" in run.stdout
-    again = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "client", "--url", url, "--images",
+    again = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "client", "--url", url, "--images",
                             str(assets["images"]), "--out", str(out), "--config", str(assets["export"] / "config.yml")],
                            capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
     assert again.returncode == 0 and "4 already done, 0 sent" in again.stdout
@@ -350,7 +350,7 @@ def test_a_request_read_by_a_dead_worker_is_taken_over(assets, redis_server):
     """Deterministic half of the test above: consumer 'dead' reads two requests and never answers;
     a live worker takes them over after claim_idle_ms and answers each once."""
     url_redis, rclient = redis_server
-    from paddle_lane.deploy.runtime import export_predictor
+    from paddle_lane.inference.backends import export_predictor
     from paddle_lane.serve.queue import GROUP, RESULT, STREAM, Worker, unpack
     from paddle_lane.serve.settings import ServeSettings
     settings = ServeSettings(model=str(assets["export"]), redis=url_redis, max_batch=4, claim_idle_ms=300)
@@ -391,9 +391,9 @@ def test_redis_going_away_is_503_not_500(assets, tmp_path):
 def test_a_worker_whose_redis_dies_stops_with_one_line(assets, redis_server):
     """Redis gone for the whole give-up window: exit 3 with one line, not a traceback or a hang."""
     url_redis, rclient = redis_server
+    from paddle_lane.inference.backends import export_predictor
     from paddle_lane.serve.queue import Worker
     from paddle_lane.serve.settings import ServeSettings
-    from paddle_lane.deploy.runtime import export_predictor
     worker = Worker(ServeSettings(model=str(assets["export"]), redis=url_redis), export_predictor(assets["export"]))
     worker.ensure_group()
     import redis
@@ -447,7 +447,7 @@ def test_a_paddle_format_export_serves_without_a_backend_flag(assets, tmp_path):
     log = tmp_path / "serve.log"
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1", HOME=str(home))
     env.pop("XDG_RUNTIME_DIR", None)  # gunicorn would put its socket there instead of $HOME/.gunicorn
-    proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli", "serve", "--model", str(tmp_path / "export"),
+    proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli.main", "serve", "--model", str(tmp_path / "export"),
                              "--port", str(port), "--workers", "1"], stdout=log.open("w"), stderr=subprocess.STDOUT,
                             env=env, cwd=str(tmp_path), preexec_fn=child_setup)
     url = f"http://127.0.0.1:{port}"

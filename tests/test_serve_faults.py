@@ -162,7 +162,7 @@ def test_the_deadline_covers_decoding_and_rendering(assets, tmp_path):
 MEASURE = """
 import resource, sys, time
 import numpy as np
-from paddle_lane.deploy.runtime import export_predictor
+from paddle_lane.inference.backends import export_predictor
 from paddle_lane.serve.frames import inspect_upload, model_inputs, render_answer
 export, image, fmt = sys.argv[1:4]
 p = export_predictor(export, None)

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep.labels import known_id_mask, load_scheme
-from paddle_lane.infer import submission as sub
-from paddle_lane.infer.predictor import FileResult
+from paddle_lane.core.labels import known_id_mask, load_scheme
+from paddle_lane.inference import submission as sub
+from paddle_lane.inference.predictor import FileResult
 
 SCHEME = load_scheme("apollo8")
 

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data_prep import synth
-from data_prep.label_io import read_image, read_label
-from data_prep.labels import known_ids, load_scheme
+from paddle_lane.core.label_io import read_image, read_label
+from paddle_lane.core.labels import known_ids, load_scheme
+from paddle_lane.prepare import synth
 
 W, H = 384, 192
 ROADS = ("Road02", "Road03")

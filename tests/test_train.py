@@ -13,17 +13,17 @@ import pytest
 
 from conftest import ROOT, tiny_train_opts
 from paddle_lane.config import ConfigError, load_config
+from paddle_lane.core.metrics import SegMetric
 from paddle_lane.engine.monitor import Monitor
 from paddle_lane.engine.trainer import Trainer
-from paddle_lane.metrics import SegMetric
 
 CONFIG = ROOT / "configs" / "demo_tiny.yml"
 
 
 def _background_only_miou(val_csv: Path, cfg) -> float:
     """Leaderboard mIoU of a model that always answers background, on the full-size val labels."""
-    from data_prep.label_io import read_label
-    from data_prep.labels import load_scheme
+    from paddle_lane.core.label_io import read_label
+    from paddle_lane.core.labels import load_scheme
     from paddle_lane.data.dataset import read_list
     lut = load_scheme(cfg.data.scheme).eval_lut()
     metric = SegMetric(8)
@@ -35,8 +35,8 @@ def _background_only_miou(val_csv: Path, cfg) -> float:
 
 def _scored_pixels(val_csv: Path) -> int:
     """Pixels the leaderboard scores in these labels: every pixel whose id is not ignored."""
-    from data_prep.label_io import read_label
-    from data_prep.labels import ignore_in_eval_ids
+    from paddle_lane.core.label_io import read_label
+    from paddle_lane.core.labels import ignore_in_eval_ids
     from paddle_lane.data.dataset import read_list
     ignored = np.array(sorted(ignore_in_eval_ids() | {249, 255}))
     return sum(int((~np.isin(read_label(p), ignored)).sum()) for p in read_list(val_csv)["label"])
@@ -135,8 +135,8 @@ def test_scheme_mismatch_and_missing_list(prepared_synth, tmp_path):
 
 
 def test_checkpoint_mismatch_is_one_clear_error(prepared_synth, tmp_path):
-    from paddle_lane.engine.checkpoint import load_weights, save_checkpoint
     from paddle_lane.models import build_model
+    from paddle_lane.runs.checkpoint import load_weights, save_checkpoint
     cfg = load_config(CONFIG, ["model.width=8"])
     save_checkpoint(tmp_path / "ckpt", build_model(cfg.model, 5))
     with pytest.raises(ValueError, match="checkpoint does not match the model"):
@@ -146,13 +146,13 @@ def test_checkpoint_mismatch_is_one_clear_error(prepared_synth, tmp_path):
 def test_cli_train_reports_and_errors(prepared_synth, tmp_path):
     _, lists = prepared_synth
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    cmd = [sys.executable, "-m", "paddle_lane.cli", "train", "--config", str(CONFIG), "--opts",
+    cmd = [sys.executable, "-m", "paddle_lane.cli.main", "train", "--config", str(CONFIG), "--opts",
            *tiny_train_opts(lists, tmp_path / "run", iters=4, val_interval=4), "train.amp=fp16"]
     out = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     assert "stage 0: best mIoU" in out.stdout
     assert "train.amp=fp16 ignored on CPU" in out.stdout
-    bad = subprocess.run([sys.executable, "-m", "paddle_lane.cli", "train", "--config", str(CONFIG),
+    bad = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "train", "--config", str(CONFIG),
                           "--opts", "model.nmae=x"], capture_output=True, text=True, env=env, timeout=120)
     assert bad.returncode == 2 and "unknown key 'model.nmae'" in bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
@@ -163,7 +163,7 @@ def test_two_process_cpu_training(prepared_synth, tmp_path):
     _, lists = prepared_synth
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     out_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "paddle_lane.cli", "train", "--config", str(CONFIG), "--nproc", "2",
+    cmd = [sys.executable, "-m", "paddle_lane.cli.main", "train", "--config", str(CONFIG), "--nproc", "2",
            "--device", "cpu", "--opts", *tiny_train_opts(lists, out_dir, iters=4, val_interval=4)]
     res = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     logs = "".join(p.read_text() for p in (out_dir / "launch_logs").glob("*")) if (out_dir / "launch_logs").exists() else ""
@@ -214,7 +214,7 @@ def _loss_turning_nan_at(monkeypatch, call: int) -> None:
 
 
 def test_real_nan_loss_stops_the_run_and_exits_3(prepared_synth, tmp_path, monkeypatch, capsys):
-    from paddle_lane import cli
+    from paddle_lane.cli import main as cli
     from paddle_lane.engine.trainer import TrainingStopped
     _, lists = prepared_synth
     _loss_turning_nan_at(monkeypatch, 3)

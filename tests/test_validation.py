@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from conftest import ROOT, tiny_train_opts
-from paddle_lane import cli
+from paddle_lane.cli import main as cli
 from paddle_lane.config import load_config
 from paddle_lane.engine.trainer import Trainer
 from paddle_lane.engine.validation import sample_val_rows

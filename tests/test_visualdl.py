@@ -27,7 +27,7 @@ def test_visualdl_serves_training_scalars(tmp_path):
             w.add_scalar("train/loss", 1.0 / (step + 1), step)
     port = _free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli", "visualdl", "--logdir", str(logdir),
+    proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli.main", "visualdl", "--logdir", str(logdir),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             start_new_session=True)
     try:

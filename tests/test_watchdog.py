@@ -4,8 +4,8 @@ from __future__ import annotations
 import select
 import threading
 
-from data_prep import procs
-from data_prep.procs import StallWatchdog
+from paddle_lane.core import procs
+from paddle_lane.core.procs import StallWatchdog
 
 
 def test_close_ends_the_watch_thread_before_its_pipe_fds_can_be_reused(tmp_path, monkeypatch):

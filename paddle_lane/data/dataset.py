@@ -8,13 +8,13 @@ import numpy as np
 import pandas as pd
 import paddle
 
+from paddle_lane.core.procs import loader_worker
 from paddle_lane.data.transforms import FULL_SIZE, FrameSource, augment, normalize
-from data_prep.procs import loader_worker
 
 
 def loader_worker_init(worker_id: int) -> None:
     """Loader workers die with the trainer and leave SIGTERM/SIGINT to it. OpenCV is not touched
-    here: its thread count (1) is inherited from the parent (data_prep/__init__.py), and resizing
+    here: its thread count (1) is inherited from the parent (paddle_lane/core/__init__.py), and resizing
     the inherited pool in a forked child is what deadlocked."""
     loader_worker(worker_id)
 

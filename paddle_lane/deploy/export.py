@@ -27,14 +27,15 @@ import numpy as np
 import paddle
 import yaml
 
-from data_prep.io_utils import atomic_write_text
-from data_prep.label_io import read_image
 from paddle_lane.config import save_config
-from paddle_lane.deploy.runtime import CONFIG_FILE, DEPLOY_FILE, FORMAT_VERSION, INT8_FILE, export_predictor
-from paddle_lane.engine.checkpoint import file_digest, resolve_weights
-from paddle_lane.engine.run_dir import move_aside
-from paddle_lane.errors import UserError
-from paddle_lane.infer.manifest import code_version
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.io_utils import atomic_write_text
+from paddle_lane.core.label_io import read_image
+from paddle_lane.deploy.parity import compare
+from paddle_lane.inference.backends import CONFIG_FILE, DEPLOY_FILE, FORMAT_VERSION, INT8_FILE, export_predictor
+from paddle_lane.inference.manifest import code_version
+from paddle_lane.runs.checkpoint import file_digest, resolve_weights
+from paddle_lane.runs.run_dir import move_aside
 
 FORMATS = {"onnx": ("onnxruntime",), "paddle": ("paddle-inference", "dygraph"),
            "both": ("onnxruntime", "paddle-inference", "dygraph")}
@@ -70,7 +71,7 @@ def save_onnx(prefix: Path, out: Path) -> None:
     import signal
     import subprocess
     import sys
-    from data_prep.procs import die_with_parent
+    from paddle_lane.core.procs import die_with_parent
     cmd = [sys.executable, "-c", ONNX_CONVERT, f"{prefix}.json", f"{prefix}.pdiparams", str(out), str(ONNX_OPSET)]
     try:
         run = subprocess.run(cmd, capture_output=True, text=True, timeout=ONNX_TIMEOUT_S, preexec_fn=die_with_parent)
@@ -93,19 +94,6 @@ def sample_frames(paths, full_size=(3384, 1710), seed: int = 0) -> list[np.ndarr
     import cv2
     small = rng.integers(0, 256, (full_size[1] // 32, full_size[0] // 32, 3)).astype(np.uint8)
     return [cv2.resize(small, full_size, interpolation=cv2.INTER_LINEAR)]
-
-
-def compare(reference, candidate, frames) -> dict:
-    """Max abs probability difference and share of equal full-size ids over the frames."""
-    worst, agree, total = 0.0, 0, 0
-    for rgb in frames:
-        p_ref, p_new = reference.predict_probs(rgb), candidate.predict_probs(rgb)
-        worst = max(worst, float(np.abs(p_ref - p_new).max()))
-        full = (rgb.shape[1], rgb.shape[0])
-        ids_ref, ids_new = reference.to_train_ids(p_ref, full), candidate.to_train_ids(p_new, full)
-        agree += int((ids_ref == ids_new).sum())
-        total += ids_ref.size
-    return {"max_abs_prob_diff": worst, "id_agreement": agree / total if total else 1.0}
 
 
 def member_entry(i: int, m, formats: str) -> dict:
@@ -145,7 +133,7 @@ def export_model(cfg, checkpoints, weights=None, flip: bool | None = None, forma
                  calib_frames: int = 8, calib_method: str = "minmax", max_drop: float = 0.01) -> dict:
     """Export checkpoints (an ensemble when several) into `out`; returns deploy.yml's content. With
     quantize="int8", also an INT8 ONNX graph per member, calibrated on `calib` (deploy/quantize.py)."""
-    from paddle_lane.infer.predictor import Predictor
+    from paddle_lane.inference.predictor import Predictor
     if formats not in FORMATS:
         raise UserError(f"--format {formats!r}: choose from {list(FORMATS)}")
     if quantize not in (None, "int8"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 MAX_DROP = 0.01          # largest mIoU (8 classes) loss accepted against dygraph
 CALIB_FRAMES = 8
@@ -32,8 +32,8 @@ CALIB_SEED = 0
 def labelled_frames(calib: str | Path) -> tuple[pd.DataFrame, str]:
     """(rows with image, label, key and, when known, road/record/camera; a description) from a prepare list
     CSV or a dataset folder (images paired with labels by key, as prepare pairs them)."""
-    from data_prep.scan import scan
     from paddle_lane.data.dataset import read_list
+    from paddle_lane.prepare.scan import scan
     path = Path(calib)
     if path.is_file() and path.suffix.lower() == ".csv":
         df = read_list(path, need_labels=False)
@@ -73,8 +73,8 @@ class _Frames:
 
 def member_inputs(predictor, member, images: list[str]) -> list[np.ndarray]:
     """The member's normalized 3xHxW inputs (scale 1) for each image, prepared as `infer` prepares them."""
-    from data_prep.label_io import image_size
-    from paddle_lane.infer.geometry import scaled_size
+    from paddle_lane.core.label_io import image_size
+    from paddle_lane.inference.geometry import scaled_size
     k = predictor.input_keys.index((scaled_size(member.size, 1.0), member.mean, member.std))
     return [predictor.prepare_file(p, image_size(p))[k] for p in images]
 
@@ -104,7 +104,7 @@ def quantize_graph(fp32: Path, out: Path, inputs: list[np.ndarray], method: str 
 
 def score(predictor, rows: pd.DataFrame) -> dict:
     """The leaderboard's scoring of a predictor on labelled rows (validation's own function)."""
-    from data_prep.labels import load_scheme
+    from paddle_lane.core.labels import load_scheme
     from paddle_lane.engine.validation import validate_frames
     if rows.empty:
         return {"frames": 0, "miou": None, "miou_lanes": None}
@@ -116,8 +116,8 @@ def score(predictor, rows: pd.DataFrame) -> dict:
 def check_int8(reference, candidate, calib: pd.DataFrame, held_out: pd.DataFrame, max_drop: float) -> dict:
     """mIoU of dygraph and INT8 on the calibration and held-out frames, their id agreement; the drop is
     dygraph - INT8 (8 classes), checked on every set that has frames."""
-    from data_prep.label_io import read_image
-    from paddle_lane.deploy.export import compare
+    from paddle_lane.core.label_io import read_image
+    from paddle_lane.deploy.parity import compare
     t0 = time.perf_counter()
     out = {"max_drop": max_drop, "sets": {}}
     for name, rows in (("calibration", calib), ("held_out", held_out)):
@@ -149,7 +149,7 @@ def quantize_export(tmp: Path, reference, cfg, info: dict, calib: str | None, fr
                     max_drop: float) -> dict:
     """Write members/<i>/model.int8.onnx beside each FP32 graph of the export being made in `tmp`, check it,
     and return deploy.yml's `quantization` section; a drop over the bound is a UserError (one line)."""
-    from paddle_lane.deploy.runtime import INT8_FILE, export_predictor
+    from paddle_lane.inference.backends import INT8_FILE, export_predictor
     if method not in CALIB_METHODS:
         raise UserError(f"--calib-method {method!r}: choose from {list(CALIB_METHODS)}")
     source = calib or str(Path(cfg.data.lists_dir) / "val.csv")

@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 
 
-from paddle_lane.visual import comparison_strip
+from paddle_lane.core.visual import comparison_strip
 
 
 def global_iter(stage_iters: list[int], stage: int, it: int) -> int:

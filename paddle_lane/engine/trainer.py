@@ -18,26 +18,26 @@ import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
 
-from data_prep.labels import load_scheme
 from paddle_lane.config import Config, save_config, to_dict
+from paddle_lane.core.labels import load_scheme
 from paddle_lane.data.dataset import (LaneDataset, StageBatchSampler, loader_worker_init, rare_class_weights,
                                       read_list)
+from paddle_lane.core.io_utils import atomic_write_text
+from paddle_lane.core.procs import start_loader, watched
 from paddle_lane.data.transforms import FrameSource
 from paddle_lane.device import is_gpu, select_device
-from data_prep.io_utils import atomic_write_text
-from data_prep.procs import start_loader, watched
-from paddle_lane.engine.checkpoint import (checkpoint_damage, list_checkpoints, load_optimizer_state, load_weights,
+from paddle_lane.runs.checkpoint import (checkpoint_damage, list_checkpoints, load_optimizer_state, load_weights,
                                            newest_intact_checkpoint, prune, read_state, reconcile_best,
                                            save_checkpoint)
 from paddle_lane.engine.monitor import Monitor
 from paddle_lane.engine.plan import INIT, checkpoint_due, resume_point, start_weights, validates_at
-from paddle_lane.engine.run_dir import (check_fresh_start, check_resume_config, clear_stale_temps, holds_run,
+from paddle_lane.runs.run_dir import (check_fresh_start, check_resume_config, clear_stale_temps, holds_run,
                                         move_aside, stop_message)
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.metrics import metric_to_jsonable
 from paddle_lane.engine.schedules import IterLR, build_optimizer
 from paddle_lane.engine.validation import sample_val_rows, validate_frames
 from paddle_lane.losses import build_loss, multi_output_loss, output_coef
-from paddle_lane.metrics import metric_to_jsonable
 from paddle_lane.models import build_model, set_backbone_trainable
 from paddle_lane.models.builder import AllOutputs
 
@@ -179,7 +179,7 @@ class Trainer:
     # ------------------------------------------------------------------ setup helpers
     def _refresh_cache(self) -> None:
         """Cached frames whose source changed after prepare are rebuilt before the first step."""
-        from data_prep.prepare import refresh_cache
+        from paddle_lane.prepare.pipeline import refresh_cache
         for size, counts in refresh_cache(self.train_df, Path(self.cfg.data.lists_dir), self.cfg, self.scheme).items():
             print(f"warning: cache {size}: {counts['rebuilt']} frame(s) changed since prepare and were rebuilt, "
                   f"{counts['written']} missing ones written, {counts['error']} unreadable ones dropped from the "
@@ -527,7 +527,7 @@ class Trainer:
 
     def _val_predictor(self, net, size: tuple[int, int]):
         """The inference path for the network being trained: no TTA, the stage size."""
-        from paddle_lane.infer.predictor import Predictor
+        from paddle_lane.inference.predictor import Predictor
         return Predictor(self.cfg, models=[(net, size)], flip=False, scales=[1.0], device=self.device)
 
     @paddle.no_grad()

@@ -18,11 +18,11 @@ import cv2
 import numpy as np
 import pandas as pd
 
-from data_prep.label_io import read_label
-from data_prep.labels import IGNORE_INDEX, Scheme, apply_lut
-from data_prep.resize import crop_top
-from paddle_lane.metrics import SegMetric
-from paddle_lane.scorer import UNREADABLE, frame_confusion
+from paddle_lane.core.label_io import read_label
+from paddle_lane.core.labels import IGNORE_INDEX, Scheme, apply_lut
+from paddle_lane.core.metrics import SegMetric
+from paddle_lane.core.resize import crop_top
+from paddle_lane.evaluation.scorer import UNREADABLE, frame_confusion
 
 POST_WORKERS = 2  # threads that upsample and score while the model runs (cv2 releases the GIL)
 
@@ -84,7 +84,7 @@ def validate_frames(predictor, rows: pd.DataFrame, scheme: Scheme, num_workers: 
     An unreadable image is scored as an all-background prediction (a missing file in a
     submission counts that way) and named; an unreadable label leaves the frame out, as
     evaluate does."""
-    from paddle_lane.infer.geometry import inputs_from_file
+    from paddle_lane.inference.geometry import inputs_from_file
     metric = SegMetric(scheme.num_classes, scheme.class_names, IGNORE_INDEX)
     images, labels = rows["image"].astype(str).tolist(), rows["label"].astype(str).tolist()
     unreadable: list[str] = []

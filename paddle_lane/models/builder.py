@@ -4,14 +4,16 @@ its backbone."""
 from __future__ import annotations
 
 import logging
-from typing import NamedTuple, Optional
+from typing import TYPE_CHECKING, NamedTuple, Optional
 
 import paddle
 import paddle.nn as nn
 
-from paddle_lane.config import ModelConfig
 from paddle_lane.models.download import fetch_weights
 from paddle_lane.models.registry import MODELS
+
+if TYPE_CHECKING:  # the config layer sits above the models it names
+    from paddle_lane.config import ModelConfig
 
 log = logging.getLogger(__name__)
 

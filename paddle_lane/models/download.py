@@ -18,7 +18,7 @@ import zipfile
 from pathlib import Path
 from urllib.parse import unquote, urlparse
 
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 DOWNLOAD_TIMEOUT_S = 60  # per socket operation: a stalled server is an error, not a hang
 ARCHIVES = (".tar", ".tar.gz", ".tgz", ".zip")

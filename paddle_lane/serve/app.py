@@ -55,7 +55,7 @@ def import_runtime_keeping_signals() -> None:
     handlers back: Paddle installs its own at import, which would kill a worker mid-request
     instead of letting it drain."""
     handlers = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-    import paddle_lane.deploy.runtime  # noqa: F401
+    import paddle_lane.inference.backends  # noqa: F401
     if threading.current_thread() is not threading.main_thread():
         return  # an app run in a thread (a test client): the signals belong to its host
     for s, h in handlers.items():
@@ -65,7 +65,7 @@ def import_runtime_keeping_signals() -> None:
 
 def load_local_model(settings: ServeSettings):
     """The export's predictor, warmed up (first calls allocate and tune)."""
-    from paddle_lane.deploy.runtime import export_predictor
+    from paddle_lane.inference.backends import export_predictor
     predictor = export_predictor(settings.model, settings.backend, threads=settings.threads or None)
     import numpy as np
     predictor.predict_batch([np.zeros((1, 3, size[1], size[0]), np.float32) for size, _, _ in predictor.input_keys])
@@ -79,7 +79,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from paddle_lane.deploy.runtime import model_identity, read_deploy
+        from paddle_lane.inference.backends import model_identity, read_deploy
         state["info"] = read_deploy(settings.model)
         state["identity"] = await run_in_threadpool(model_identity, settings.model, state["info"])
         if settings.redis:
@@ -302,7 +302,7 @@ async def _read_upload(request: Request, max_bytes: int, deadline: float) -> byt
 
 def _geometry(info: dict):
     """rows cut from an image of a given height, from deploy.yml (Redis web processes load no model)."""
-    from data_prep.resize import crop_rows
+    from paddle_lane.core.resize import crop_rows
     offset, frame_height = info["input"]["crop_offset"], info["input"]["frame_height"]
     return lambda height: crop_rows(offset, frame_height, height)
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from data_prep.io_utils import atomic_write_bytes
-from data_prep.label_io import UnreadableFileError, image_size
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.io_utils import atomic_write_bytes
+from paddle_lane.core.label_io import UnreadableFileError, image_size
 
 RETRY_STATUS = {502, 503, 504}
 
@@ -52,9 +52,9 @@ def run_client(url: str, images_dir: str | None, list_csv: str | None, out: str,
     """Write the service's answers as a submission folder; 0 when every image was answered."""
     import httpx
     from paddle_lane.config import load_config
-    from paddle_lane.infer.commands import images_from
-    from paddle_lane.infer.manifest import claim_folder, served_manifest
-    from paddle_lane.infer.submission import is_finished, output_name, write_zip, zip_path_for
+    from paddle_lane.inference.inputs import images_from
+    from paddle_lane.inference.manifest import claim_folder, served_manifest
+    from paddle_lane.inference.submission import is_finished, output_name, write_zip, zip_path_for
     if concurrency < 1 or retries < 1:
         raise UserError("--concurrency and --retries must be >= 1")
     url = url.rstrip("/")

@@ -12,7 +12,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data_prep.label_io import UnreadableFileError, decode_image
+from paddle_lane.core.label_io import UnreadableFileError, decode_image
 
 FORMATS = {"png": "image/png", "json": "application/json", "overlay": "image/jpeg"}
 IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
@@ -126,7 +126,7 @@ def render(train_ids: np.ndarray, fmt: str, scheme, rgb: np.ndarray | None = Non
         return buf.tobytes()
     if fmt == "json":
         return json.dumps(class_counts(train_ids, scheme)).encode()
-    from paddle_lane.visual import overlay
+    from paddle_lane.core.visual import overlay
     bgr = cv2.cvtColor(overlay(rgb, train_ids, scheme.palette()), cv2.COLOR_RGB2BGR)
     ok, buf = cv2.imencode(".jpg", bgr, [cv2.IMWRITE_JPEG_QUALITY, 90])
     return buf.tobytes()

@@ -248,7 +248,7 @@ def _error_body(message: str) -> bytes:
 def run_worker(settings) -> int:
     """The `worker` verb: load the export, warm up, then serve the stream until SIGTERM/SIGINT
     (the batch in hand is finished first)."""
-    from paddle_lane.deploy.runtime import export_predictor
+    from paddle_lane.inference.backends import export_predictor
     predictor = export_predictor(settings.model, settings.backend, threads=settings.threads or None)
     worker = Worker(settings, predictor)
 

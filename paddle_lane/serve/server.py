@@ -9,8 +9,8 @@ import os
 import shutil
 import tempfile
 
-from data_prep.procs import die_with_parent, port_in_use
-from paddle_lane.deploy.runtime import read_deploy
+from paddle_lane.core.procs import die_with_parent, port_in_use
+from paddle_lane.inference.backends import read_deploy
 from paddle_lane.serve.settings import KEEPALIVE_S, ServeSettings
 
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"

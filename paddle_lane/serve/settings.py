@@ -6,7 +6,7 @@ import dataclasses
 import os
 from dataclasses import dataclass
 
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 ENV_PREFIX = "PADDLE_LANE_"
 # gunicorn's idle keep-alive (s), for `paddle-lane serve` and deploy/gunicorn.conf.py alike: above the front

@@ -3,7 +3,7 @@ ensemble of softmax probabilities (kept in memory, never written to disk), and t
 full-size post-processing shared with the alignment check.
 
 Inputs are prepared exactly as in training: crop the top `data.crop_offset` rows, resize
-with data_prep.resize (after the same reduced JPEG decode that data_prep.cache uses),
+with paddle_lane.core.resize (after the same reduced JPEG decode that paddle_lane.prepare.cache uses),
 normalize with data.mean/std.
 
 Each checkpoint is built from its own run's config.yml (model, input size, mean/std), so an
@@ -23,18 +23,18 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from data_prep.label_io import UnreadableFileError, image_size
-from data_prep.labels import load_scheme
-from data_prep.resize import crop_rows
 from paddle_lane.config import ConfigError, load_config
+from paddle_lane.core.label_io import UnreadableFileError, image_size
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.core.procs import loader_worker, watched
+from paddle_lane.core.resize import crop_rows
 from paddle_lane.data.transforms import FULL_SIZE
 from paddle_lane.device import select_device
-from data_prep.procs import loader_worker, watched
-from paddle_lane.engine.checkpoint import load_weights, read_state, resolve_weights
-from paddle_lane.engine.run_dir import CONFIG_FILE
 from paddle_lane.models import build_model
+from paddle_lane.runs.checkpoint import load_weights, read_state, resolve_weights
+from paddle_lane.runs.run_dir import CONFIG_FILE
 
-from paddle_lane.infer.geometry import (  # noqa: F401 (re-exported for callers of the predictor)
+from paddle_lane.inference.geometry import (  # noqa: F401 (re-exported for callers of the predictor)
     InputKey, Size, inputs_from_array, inputs_from_bytes, inputs_from_file, normalize_weights, normalized_inputs,
     probs_to_ids, probs_to_train_ids, scale_weights, scaled_size, window_starts)
 

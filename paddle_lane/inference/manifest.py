@@ -11,11 +11,11 @@ import json
 from importlib import metadata
 from pathlib import Path
 
-from data_prep.io_utils import atomic_write_json
 from paddle_lane.config import to_dict
-from paddle_lane.engine.checkpoint import file_digest, resolve_weights
-from paddle_lane.engine.run_dir import move_aside
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.io_utils import atomic_write_json
+from paddle_lane.runs.checkpoint import file_digest, resolve_weights
+from paddle_lane.runs.run_dir import move_aside
 
 MANIFEST_FILE = "manifest.json"
 

@@ -10,7 +10,7 @@ The label half: a model that reproduces its stage-size training labels exactly (
 cache or the on-the-fly loader makes them with `data.label_resize`) sent through the same
 post-processing. Labels resized off-centre show up here as a best shift other than 0.
 
-    python -m paddle_lane.infer.alignment --data ../shared/apollo_dev --frames 30
+    python -m paddle_lane.inference.alignment --data ../shared/apollo_dev --frames 30
 """
 from __future__ import annotations
 
@@ -21,11 +21,11 @@ from typing import Iterable, Sequence
 import cv2
 import numpy as np
 
-from data_prep.label_io import read_label
-from data_prep.labels import Scheme, apply_lut, load_scheme
-from data_prep.resize import LABEL_RESIZE_RULES, crop_top, resize_label
-from paddle_lane.infer.geometry import probs_to_ids
-from paddle_lane.metrics import SegMetric, packed_confusion, pair_code_lut
+from paddle_lane.core.label_io import read_label
+from paddle_lane.core.labels import Scheme, apply_lut, load_scheme
+from paddle_lane.core.metrics import SegMetric, packed_confusion, pair_code_lut
+from paddle_lane.core.resize import LABEL_RESIZE_RULES, crop_top, resize_label
+from paddle_lane.inference.geometry import probs_to_ids
 
 MODES = ("area", "nearest") + tuple(f"label-{rule}" for rule in LABEL_RESIZE_RULES)
 
@@ -165,7 +165,7 @@ def _parse_size(text: str) -> tuple[int, int]:
 def main(argv=None) -> int:
     """Print the ceiling/shift table for the labels of an Apollo folder with pairs.csv."""
     import pandas as pd
-    ap = argparse.ArgumentParser(prog="python -m paddle_lane.infer.alignment", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m paddle_lane.inference.alignment", description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True, help="folder with pairs.csv (label paths relative to it)")
     ap.add_argument("--sizes", default="768x256,1024x384,1536x512")
     ap.add_argument("--modes", default=",".join(MODES))

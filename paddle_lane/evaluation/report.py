@@ -15,14 +15,14 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep.io_utils import atomic_write_text
-from data_prep.label_io import UnreadableFileError, read_image, read_label
-from data_prep.labels import IGNORE_INDEX, apply_lut, load_scheme
-from paddle_lane.errors import UserError
-from paddle_lane.report import figures
-from paddle_lane.report.analysis import error_kind, group_scores, iou_parts, mean_iou, per_frame_miou, stack
-from paddle_lane.scorer import score_folders
-from paddle_lane.visual import colorize
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.io_utils import atomic_write_text
+from paddle_lane.core.label_io import UnreadableFileError, read_image, read_label
+from paddle_lane.core.labels import IGNORE_INDEX, apply_lut, load_scheme
+from paddle_lane.core.visual import colorize
+from paddle_lane.evaluation import figures
+from paddle_lane.evaluation.analysis import error_kind, group_scores, iou_parts, mean_iou, per_frame_miou, stack
+from paddle_lane.evaluation.scorer import score_folders
 
 PANEL_WIDTH = 846  # worst-frame panels are shown at a quarter of the competition width
 LABEL_SUFFIX = "_bin"

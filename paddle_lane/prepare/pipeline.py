@@ -15,16 +15,16 @@ from typing import Callable, Iterable, Iterator
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep.procs import die_with_parent
-from data_prep.errors import UserError
-from data_prep.cache import build_entry, cache_dir, cached_paths, write_cache_key
-from data_prep.frame_stats import measure_frame, measure_image
-from data_prep.io_utils import atomic_write_json, atomic_write_with
-from data_prep.labels import load_scheme
-from data_prep.resize import crop_rows
-from data_prep.scan import Frame, scan
-from data_prep.split import split_by_group
-from data_prep.weights import FORMULAS, class_weights
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.io_utils import atomic_write_json, atomic_write_with
+from paddle_lane.core.labels import load_scheme
+from paddle_lane.core.procs import die_with_parent
+from paddle_lane.core.resize import crop_rows
+from paddle_lane.prepare.cache import build_entry, cache_dir, cached_paths, write_cache_key
+from paddle_lane.prepare.frame_stats import measure_frame, measure_image
+from paddle_lane.prepare.scan import Frame, scan
+from paddle_lane.prepare.split import split_by_group
+from paddle_lane.prepare.weights import FORMULAS, class_weights
 
 LIST_COLUMNS = ["image", "label", "road", "record", "camera", "key", "group"]
 

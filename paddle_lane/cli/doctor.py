@@ -45,7 +45,7 @@ def check_imports(modules=MODULES) -> str:
 
 def check_data(scheme_name: str = "apollo8"):
     """The label table and the scheme, read from the installed package."""
-    from data_prep import labels
+    from paddle_lane.core import labels
     try:
         table = labels.label_table()
         scheme = labels.load_scheme(scheme_name)
@@ -74,7 +74,7 @@ def check_paddle_backends(num_classes: int, work: Path) -> list[str]:
     """The lite model (width 4) in dygraph, saved as a static graph and run by Paddle Inference
     and by paddle.jit.load: the three backends of an export's Paddle format."""
     import paddle
-    from paddle_lane.deploy.runtime import PaddleInferenceRunner, StaticGraphRunner
+    from paddle_lane.inference.backends import PaddleInferenceRunner, StaticGraphRunner
     from paddle_lane.models.lite import LiteSeg
     paddle.set_device("cpu")
     paddle.seed(0)
@@ -105,7 +105,7 @@ def check_onnxruntime(num_classes: int, work: Path) -> str:
     against the same convolution in numpy."""
     import onnx
     from onnx import TensorProto, helper, numpy_helper
-    from paddle_lane.deploy.runtime import OnnxRunner
+    from paddle_lane.inference.backends import OnnxRunner
     import paddle
     rng = np.random.default_rng(1)
     weight = rng.standard_normal((num_classes, 3, 1, 1)).astype(np.float32)

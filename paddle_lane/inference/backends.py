@@ -16,7 +16,7 @@ import paddle
 import yaml
 
 from paddle_lane.config import load_config
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 DEPLOY_FILE = "deploy.yml"
 CONFIG_FILE = "config.yml"
@@ -51,7 +51,7 @@ def model_identity(export_dir: str | os.PathLike, info: dict | None = None) -> d
     """What GET /v1/model serves: the model's identity (classes, input geometry, TTA, versions, the
     self-check, and per member its size, mean/std, weight, architecture, checkpoint SHA-256 and the size and
     SHA-256 of each served file), not the exporter's file system (no checkpoint paths)."""
-    from paddle_lane.engine.checkpoint import file_digest
+    from paddle_lane.runs.checkpoint import file_digest
     export_dir = Path(export_dir)
     info = info or read_deploy(export_dir)
     members = []
@@ -169,7 +169,7 @@ def export_predictor(export_dir: str | os.PathLike, backend: str | None = None, 
                      scales=None, device: str | None = None, cfg=None, threads: int | None = None):
     """A Predictor over an export folder's members run by `backend` (default: what the export holds, see
     default_backend)."""
-    from paddle_lane.infer.predictor import Member, Predictor
+    from paddle_lane.inference.predictor import Member, Predictor
     export_dir = Path(export_dir)
     info = read_deploy(export_dir)
     backend = backend or default_backend(info)

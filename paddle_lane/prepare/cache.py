@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.label_io import read_image, read_label
-from data_prep.labels import Scheme, apply_lut
-from data_prep.resize import LABEL_RESIZE_VERSION, crop_top, resize_image, resize_label
-from data_prep.io_utils import atomic_write_jpeg, atomic_write_json, atomic_write_png, atomic_write_text
+from paddle_lane.core.io_utils import atomic_write_jpeg, atomic_write_json, atomic_write_png, atomic_write_text
+from paddle_lane.core.label_io import read_image, read_label
+from paddle_lane.core.labels import Scheme, apply_lut
+from paddle_lane.core.resize import LABEL_RESIZE_VERSION, crop_top, resize_image, resize_label
 
 JPEG_QUALITY = 95
 KEY_FILE = "cache_key.json"

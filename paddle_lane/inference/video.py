@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data_prep.io_utils import atomic_path
-from paddle_lane.visual import overlay
+from paddle_lane.core.io_utils import atomic_path
+from paddle_lane.core.visual import overlay
 
 FOURCC = "mp4v"
 DEFAULT_FPS = 10.0  # when the container does not say

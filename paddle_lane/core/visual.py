@@ -4,7 +4,7 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_prep.labels import IGNORE_INDEX
+from paddle_lane.core.labels import IGNORE_INDEX
 
 
 def colorize(train_ids: np.ndarray, palette: np.ndarray) -> np.ndarray:

@@ -198,7 +198,7 @@ def available_schemes() -> list[str]:
 
 @lru_cache(maxsize=None)
 def load_scheme(name_or_path: str) -> Scheme:
-    """A scheme by name (a file in data_prep/schemes) or by path to a YAML file."""
+    """A scheme by name (a file in paddle_lane/core/schemes) or by path to a YAML file."""
     path = Path(name_or_path)
     if not path.suffix:
         path = SCHEME_DIR / f"{name_or_path}.yml"

@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Sequence
 
 from paddle_lane.config import load_config
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
+from paddle_lane.inference.inputs import images_from
 
 SUBMISSION_WORKERS = 2  # threads that up-sample, encode and write while the model runs
 
@@ -28,19 +29,6 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
         return [float(t) for t in split_list(str(text))]
     except ValueError:
         raise ValueError(f"{what}: expected comma-separated numbers, got {text!r}") from None
-
-
-def images_from(images_dir: str | None, list_csv: str | None, exclude: Sequence[str] = ()) -> list[tuple[str, str]]:
-    """(key, image path) from a folder (recursive *.jpg/*.png, labels and `exclude` skipped) or a
-    prepare list CSV."""
-    from paddle_lane.data.dataset import read_list
-    from paddle_lane.infer.submission import list_images
-    if bool(images_dir) == bool(list_csv):
-        raise ValueError("give exactly one of an images folder or a list CSV")
-    if images_dir:
-        return list_images(images_dir, exclude)
-    df = read_list(list_csv, need_labels=False)
-    return list(zip(df["key"].astype(str), df["image"].astype(str)))
 
 
 def _dir_or_csv(path: str) -> tuple[str | None, str | None]:
@@ -74,7 +62,7 @@ def describe(predictor) -> str:
 
 def export_dir_of(checkpoints: str) -> Path | None:
     """The export folder when --checkpoint names one (deploy.yml inside), else None."""
-    from paddle_lane.deploy.runtime import is_export_dir
+    from paddle_lane.inference.backends import is_export_dir
     ckpts = split_list(checkpoints)
     if any(is_export_dir(c) for c in ckpts):
         if len(ckpts) != 1:
@@ -86,7 +74,7 @@ def export_dir_of(checkpoints: str) -> Path | None:
 
 def config_for(config: str | None, opts: list[str] | None, checkpoints: str):
     """--config, else the config.yml inside an export folder given as --checkpoint."""
-    from paddle_lane.deploy.runtime import CONFIG_FILE
+    from paddle_lane.inference.backends import CONFIG_FILE
     export = export_dir_of(checkpoints)
     if config is None and export is None:
         raise ValueError("--config is required unless --checkpoint is an export folder (made by `paddle-lane export`)")
@@ -96,10 +84,10 @@ def config_for(config: str | None, opts: list[str] | None, checkpoints: str):
 def _predictor(cfg, checkpoints: str, weights: str | None = None, flip: bool | None = None,
                scales: str | None = None, device: str | None = None, member_configs: str | None = None,
                backend: str | None = None):
-    from paddle_lane.infer.predictor import Predictor
+    from paddle_lane.inference.predictor import Predictor
     export = export_dir_of(checkpoints)
     if export is not None:
-        from paddle_lane.deploy.runtime import export_predictor
+        from paddle_lane.inference.backends import export_predictor
         if weights or member_configs:
             raise ValueError("--weights / --member-configs: an export folder has its members and weights built in")
         return export_predictor(export, backend, flip=flip, scales=parse_floats(scales, "scales"), device=device,
@@ -120,7 +108,7 @@ def _cached_predictor(cfg, ckpts: list[str], weights, flip, scales, device, conf
     """Checkpoints on an exported backend: exported once into the cache (deploy/cache.py), then run as an
     export folder with this command's TTA; members keep the checkpoint paths given here."""
     from paddle_lane.deploy.cache import cached_export
-    from paddle_lane.deploy.runtime import export_predictor
+    from paddle_lane.inference.backends import export_predictor
     folder = cached_export(cfg, ckpts, parse_floats(weights, "weights"), configs, backend)
     predictor = export_predictor(folder, backend, flip=cfg.infer.flip if flip is None else flip,
                                  scales=parse_floats(scales, "scales") or cfg.infer.scales, device=device, cfg=cfg)
@@ -141,8 +129,8 @@ def run_infer(config: str | None, opts: list[str] | None, checkpoints: str, weig
     folder's manifest must match this recipe to resume it (see infer/manifest.py).
     With shard=(rank, ranks) only every ranks-th image from rank is predicted, without zip or
     validation (finish_sharded does those once every rank is done)."""
-    from paddle_lane.infer.manifest import build_manifest, claim_folder
-    from paddle_lane.infer.submission import format_summary, write_submission
+    from paddle_lane.inference.manifest import build_manifest, claim_folder
+    from paddle_lane.inference.submission import format_summary, write_submission
     cfg = config_for(config, opts, checkpoints)
     images = images_from(images_dir, list_csv, exclude=[out])
     predictor = _predictor(cfg, checkpoints, weights, tta_flip, scales, device, member_configs, backend)
@@ -160,7 +148,7 @@ def run_infer(config: str | None, opts: list[str] | None, checkpoints: str, weig
 
 
 def _validated(out: str, images, cfg, failed: bool) -> int:
-    from paddle_lane.infer.submission import validate_submission
+    from paddle_lane.inference.submission import validate_submission
     problems = validate_submission(out, [path for _, path in images], cfg.infer.name_suffix, cfg.data.scheme)
     _print_problems(problems, "validation")
     return 0 if not problems and not failed else 1
@@ -169,7 +157,7 @@ def _validated(out: str, images, cfg, failed: bool) -> int:
 def finish_sharded(config: str | None, opts, checkpoints: str, images_dir, list_csv, out: str, no_zip: bool,
                    ranks_rc: int) -> int:
     """After every rank of a sharded infer: the zip of the whole folder and one validation."""
-    from paddle_lane.infer.submission import output_name, write_zip, zip_path_for
+    from paddle_lane.inference.submission import output_name, write_zip, zip_path_for
     cfg = config_for(config, opts, checkpoints)
     images = images_from(images_dir, list_csv, exclude=[out])
     outs = [Path(out) / output_name(path, cfg.infer.name_suffix) for _, path in images]
@@ -181,7 +169,7 @@ def finish_sharded(config: str | None, opts, checkpoints: str, images_dir, list_
 
 def run_validate(out: str, images: str, config: str | None = None, opts: list[str] | None = None) -> int:
     """Check a submission folder against the test images (a folder or a list CSV); 0 when no problem."""
-    from paddle_lane.infer.submission import validate_submission
+    from paddle_lane.inference.submission import validate_submission
     cfg = load_config(config, opts)
     listed = images_from(*_dir_or_csv(images))
     problems = validate_submission(out, [path for _, path in listed], cfg.infer.name_suffix, cfg.data.scheme)
@@ -192,7 +180,7 @@ def run_validate(out: str, images: str, config: str | None = None, opts: list[st
 def run_video(config: str | None, opts: list[str] | None, checkpoints: str, input: str, out: str,
               device: str | None = None, every: int = 1, backend: str | None = None) -> int:
     """Write an overlay video with the measured frames per second on each frame."""
-    from paddle_lane.infer.video import annotate_video
+    from paddle_lane.inference.video import annotate_video
     if not Path(input).is_file():
         raise FileNotFoundError(f"video not found: {input}")
     cfg = config_for(config, opts, checkpoints)
@@ -221,7 +209,7 @@ def _label_links(list_csv: str, folder: Path) -> None:
 
 def _check_pred_dir(pred_dir: str) -> None:
     """A prediction folder that is missing or holds no *.png at all is a user error, not a score of 0."""
-    from paddle_lane.errors import UserError
+    from paddle_lane.core.errors import UserError
     if not Path(pred_dir).is_dir():
         raise UserError(f"prediction folder not found: {pred_dir}")
     if next(Path(pred_dir).rglob("*.png"), None) is None:
@@ -256,7 +244,7 @@ def run_evaluate(pred_dir: str, gt: str, scheme: str = "apollo8", workers: int =
     """Score predictions against a label folder or the labels of a list CSV; print the table and
     write scores.csv/json to `out` (default: the prediction folder). 1 when a prediction is
     missing, unreadable or the wrong size, unless allow_partial; else 0."""
-    from paddle_lane.scorer import score_folders
+    from paddle_lane.evaluation.scorer import score_folders
     _check_pred_dir(pred_dir)
     gt_dir, list_csv = _dir_or_csv(gt)
     if gt_dir is not None:

@@ -25,7 +25,7 @@ warnings.filterwarnings("ignore", message="No ccache found")
 os.environ.setdefault("GLOG_minloglevel", "2")
 
 from paddle_lane.config import load_config
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 EPILOG = "Run `paddle-lane VERB --help` for a verb's options."
 
@@ -37,8 +37,8 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
 
 
 def cmd_prepare(args, argv) -> int:
-    from data_prep.folder_lock import hold_folder
-    from data_prep.prepare import prepare, summary_table
+    from paddle_lane.core.folder_lock import hold_folder
+    from paddle_lane.prepare.pipeline import prepare, summary_table
     cfg = load_config(args.config, args.opts)
     hold_folder(args.out, "prepare")
     if args.cache:
@@ -64,7 +64,7 @@ def _launch_distributed(args, argv: list[str], log_dir: str | None = None, resum
     import subprocess
     from pathlib import Path
     import psutil
-    from data_prep.procs import die_with_parent, stop_child
+    from paddle_lane.core.procs import die_with_parent, stop_child
     training = run_dir is not None  # a training run: its folder holds the logs and the stop line's checkpoint
     out = Path(run_dir) if training else None
     if log_dir is None:
@@ -120,7 +120,7 @@ def _launch_distributed(args, argv: list[str], log_dir: str | None = None, resum
     finally:
         stop_child(proc, grace=10)
     if received and training:
-        from paddle_lane.engine.run_dir import stopped_line
+        from paddle_lane.runs.run_dir import stopped_line
         print(stopped_line(out, signal.Signals(received[0]).name, resume_hint or ""), file=sys.stderr)
     return 128 + received[0] if received else rc
 
@@ -170,7 +170,7 @@ def cmd_train(args, argv: list[str]) -> int:
         launched = bool(os.environ.get("PADDLE_LANE_LAUNCHED"))
         resume_hint = os.environ.get("PADDLE_LANE_RESUME_CMD") or resume_command(argv)
         if not launched:  # every input is checked before the run folder is claimed
-            from data_prep.folder_lock import hold_folder
+            from paddle_lane.core.folder_lock import hold_folder
             from paddle_lane.models.download import fetch_weights
             for key in ("backbone_pretrained", "pretrained"):
                 if getattr(cfg.model, key):
@@ -230,7 +230,7 @@ def _train_and_report(cfg, args, device, received: list[int], resume_hint: str) 
 
 def cmd_visualdl(args, argv) -> int:
     from pathlib import Path
-    from data_prep.procs import run_server
+    from paddle_lane.core.procs import run_server
     exe = Path(sys.executable).with_name("visualdl")  # the console script installed beside this Python
     if not exe.exists():
         raise FileNotFoundError(f"visualdl not found beside {sys.executable}; run ./run.sh setup")
@@ -246,7 +246,7 @@ def cmd_visualdl(args, argv) -> int:
 
 
 def cmd_demo(args, argv) -> int:
-    from paddle_lane.demo import DEMO_CONFIG, run_demo
+    from paddle_lane.cli.demo import DEMO_CONFIG, run_demo
     return run_demo(args.out, args.config or DEMO_CONFIG, args.opts)
 
 
@@ -266,7 +266,7 @@ def _tta_flip(args):
 
 
 def cmd_infer(args, argv) -> int:
-    from paddle_lane.infer.commands import finish_sharded, run_infer
+    from paddle_lane.cli.commands import finish_sharded, run_infer
     if not args.images and not args.list:
         raise UserError("infer needs --images DIR or --list CSV")
     gpus = parse_gpus(args.gpus)
@@ -276,7 +276,7 @@ def cmd_infer(args, argv) -> int:
         raise UserError(f"--nproc must be >= 1, got {args.nproc}")
     sharded = len(gpus) > 1 or args.nproc > 1
     if not os.environ.get("PADDLE_LANE_LAUNCHED"):  # shards run under their launcher's lock
-        from data_prep.folder_lock import hold_folder
+        from paddle_lane.core.folder_lock import hold_folder
         hold_folder(args.out, "infer")
     if sharded and not os.environ.get("PADDLE_LANE_LAUNCHED"):
         # one process per card (or CPU slot), each predicting its share of the images into the same
@@ -299,8 +299,8 @@ def cmd_infer(args, argv) -> int:
 
 
 def cmd_export(args, argv) -> int:
+    from paddle_lane.cli.commands import parse_floats, split_list
     from paddle_lane.deploy.export import export_model, format_export
-    from paddle_lane.infer.commands import parse_floats, split_list
     cfg = load_config(args.config, args.opts)
     configs = split_list(args.member_configs) or None
     info = export_model(cfg, split_list(args.checkpoint), parse_floats(args.weights, "weights"), flip=_tta_flip(args),
@@ -321,7 +321,7 @@ def _serve_settings(args):
 
 
 def cmd_report(args, argv) -> int:
-    from paddle_lane.report.html import build_report
+    from paddle_lane.evaluation.report import build_report
     res = build_report(args.pred, args.gt, args.out, images=args.images, run=args.run, scheme_name=args.scheme,
                        k=args.worst, workers=args.workers)
     print(f"report: {res['out']} ({res['frames']} frames, {res['figures']} figures, {res['bytes'] / 1e6:.1f} MB; "
@@ -330,8 +330,8 @@ def cmd_report(args, argv) -> int:
 
 
 def cmd_compare(args, argv) -> int:
-    from paddle_lane.report.compare import bootstrap, format_comparison, paired_frames
-    from paddle_lane.scorer import score_folders
+    from paddle_lane.evaluation.compare import bootstrap, format_comparison, paired_frames
+    from paddle_lane.evaluation.scorer import score_folders
     if len(args.pred) != 2:
         raise UserError(f"compare needs exactly two --pred folders (A then B), got {len(args.pred)}")
     reports = [score_folders(p, args.gt, args.scheme, workers=args.workers) for p in args.pred]
@@ -339,7 +339,7 @@ def cmd_compare(args, argv) -> int:
     res = bootstrap(conf_a, conf_b, args.n, args.seed, reports[0].results["lane_classes"])
     print(format_comparison(res, reports[0].class_names, args.pred[0], args.pred[1]))
     if args.json:
-        from data_prep.io_utils import atomic_write_json
+        from paddle_lane.core.io_utils import atomic_write_json
         atomic_write_json(args.json, res)
     return 0
 
@@ -355,7 +355,7 @@ def cmd_worker(args, argv) -> int:
 
 
 def cmd_client(args, argv) -> int:
-    from data_prep.folder_lock import hold_folder
+    from paddle_lane.core.folder_lock import hold_folder
     from paddle_lane.serve.client import run_client
     hold_folder(args.out, "client")  # two clients on one folder would race (infer and prepare lock theirs)
     return run_client(args.url, args.images, args.list, args.out, concurrency=args.concurrency,
@@ -364,22 +364,22 @@ def cmd_client(args, argv) -> int:
 
 
 def cmd_validate(args, argv) -> int:
-    from paddle_lane.infer.commands import run_validate
+    from paddle_lane.cli.commands import run_validate
     return run_validate(args.out, args.images or args.list, args.config, args.opts)
 
 
 def cmd_video(args, argv) -> int:
-    from paddle_lane.infer.commands import run_video
+    from paddle_lane.cli.commands import run_video
     return run_video(args.config, args.opts, args.checkpoint, args.input, args.out, args.device, backend=args.backend)
 
 
 def cmd_evaluate(args, argv) -> int:
-    from paddle_lane.infer.commands import run_evaluate
+    from paddle_lane.cli.commands import run_evaluate
     return run_evaluate(args.pred, args.gt, args.scheme, args.workers, args.report, allow_partial=args.allow_partial)
 
 
 def cmd_doctor(args, argv) -> int:
-    from paddle_lane.doctor import run_doctor
+    from paddle_lane.cli.doctor import run_doctor
     return run_doctor(args.scheme)
 
 
@@ -569,7 +569,7 @@ def debug_requested(args) -> bool:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if os.environ.get("PADDLE_LANE_LAUNCHED") and os.environ.get("PADDLE_TRAINER_ID") is not None:
-        from data_prep.procs import die_with_parent
+        from paddle_lane.core.procs import die_with_parent
         die_with_parent()  # a rank dies with paddle.distributed.launch, however that ends
     args = build_parser().parse_args(argv)
     debug = debug_requested(args)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from data_prep.label_io import UnknownColorError, UnreadableFileError, image_size, read_image, read_label
-from data_prep.labels import IGNORE_INDEX, Scheme, known_id_mask
+from paddle_lane.core.label_io import UnknownColorError, UnreadableFileError, image_size, read_image, read_label
+from paddle_lane.core.labels import IGNORE_INDEX, Scheme, known_id_mask
 
 OVEREXPOSED_LEVEL = 250  # a pixel whose three channels are all >= this is saturated
 

@@ -4,7 +4,7 @@ Each frame is a straight road seen in perspective from a car, with lane markings
 painted both in the JPEG (white/yellow) and in the label PNG (their Apollo ids),
 and a fixed per-camera hood labelled 255. Same arguments give byte-identical files.
 
-    python -m data_prep.synth --out /tmp/synth --width 846 --height 428
+    python -m paddle_lane.prepare.synth --out /tmp/synth --width 846 --height 428
 """
 from __future__ import annotations
 
@@ -19,8 +19,8 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data_prep.io_utils import atomic_write_bytes
-from data_prep.labels import IGNORED_ID, NOISE_ID, label_table
+from paddle_lane.core.io_utils import atomic_write_bytes
+from paddle_lane.core.labels import IGNORED_ID, NOISE_ID, label_table
 
 REAL_WIDTH, REAL_HEIGHT = 3384, 1710
 HOOD_TOP = 1310 / 1710          # first hood row of the real data, as a fraction of the height
@@ -585,7 +585,7 @@ def _write_test_image(root, camera, stamp, t, width, height, seed, jpeg_quality)
 
 def main(argv=None) -> int:
     """CLI: write a dataset and print a one-line summary."""
-    ap = argparse.ArgumentParser(prog="python -m data_prep.synth", description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(prog="python -m paddle_lane.prepare.synth", description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="dataset root to write")
     ap.add_argument("--width", type=int, default=REAL_WIDTH)
     ap.add_argument("--height", type=int, default=REAL_HEIGHT)

@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from data_prep.io_utils import atomic_write_json, atomic_write_text
-from data_prep.label_io import UnknownColorError, UnreadableFileError, read_label
-from data_prep.labels import IGNORE_INDEX, Scheme, apply_lut, known_id_mask, load_scheme
-from paddle_lane.errors import UserError
-from paddle_lane.metrics import (PACKED_MAX_CLASSES, SegMetric, metric_to_jsonable, packed_confusion,
+from paddle_lane.core.errors import UserError
+from paddle_lane.core.io_utils import atomic_write_json, atomic_write_text
+from paddle_lane.core.label_io import UnknownColorError, UnreadableFileError, read_label
+from paddle_lane.core.labels import IGNORE_INDEX, Scheme, apply_lut, known_id_mask, load_scheme
+from paddle_lane.core.metrics import (PACKED_MAX_CLASSES, SegMetric, metric_to_jsonable, packed_confusion,
                                   pair_code_lut)
 
 MAX_PROBLEMS_SHOWN = 20

@@ -9,11 +9,11 @@ from typing import Sequence
 
 import numpy as np
 
-from data_prep.cache import best_reduce
-from data_prep.label_io import decode_image
-from data_prep.labels import Scheme
-from data_prep.resize import argmax_full_size, crop_top, resize_image
+from paddle_lane.core.label_io import decode_image
+from paddle_lane.core.labels import Scheme
+from paddle_lane.core.resize import argmax_full_size, crop_top, resize_image
 from paddle_lane.data.transforms import normalize
+from paddle_lane.prepare.cache import best_reduce
 
 Size = tuple[int, int]  # (width, height)
 InputKey = tuple[Size, tuple, tuple]  # (size, mean, std): one normalized input tensor
@@ -40,7 +40,7 @@ def inputs_from_array(rgb_full: np.ndarray, sizes: Sequence[Size], offset: int) 
 
 
 def inputs_from_file(path: str, sizes: Sequence[Size], offset: int, full_size: Size) -> list[np.ndarray]:
-    """uint8 RGB crops at each size, decoded as data_prep.cache.load_resized does (same
+    """uint8 RGB crops at each size, decoded as paddle_lane.prepare.cache.load_resized does (same
     reduced JPEG decode per size), but decoding once per distinct reduction."""
     _check_height(full_size[1], offset, path)
     return inputs_from_bytes(np.fromfile(str(path), dtype=np.uint8), sizes, offset, full_size, path)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from paddle_lane.errors import UserError
+from paddle_lane.core.errors import UserError
 
 CONFIG_FILE = "config.yml"
 # Keys that change how a run is watched or fed, not what it learns: free on resume.

@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from paddle_lane.errors import UserError
-from paddle_lane.report.analysis import iou_parts, mean_iou, stack
+from paddle_lane.core.errors import UserError
+from paddle_lane.evaluation.analysis import iou_parts, mean_iou, stack
 
 CHUNK = 500  # resamples per matrix product (bounds memory at n_boot x n*n floats per side)
 

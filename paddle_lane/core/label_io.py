@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from data_prep.labels import label_table
+from paddle_lane.core.labels import label_table
 
 
 class UnreadableFileError(ValueError):

@@ -14,11 +14,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from data_prep.io_utils import atomic_path, atomic_write_jpeg, atomic_write_png
-from data_prep.label_io import UnreadableFileError, image_size, read_image
-from data_prep.labels import Scheme, known_id_mask, load_scheme
+from paddle_lane.core.io_utils import atomic_path, atomic_write_jpeg, atomic_write_png
+from paddle_lane.core.label_io import UnreadableFileError, image_size, read_image
+from paddle_lane.core.labels import Scheme, known_id_mask, load_scheme
+from paddle_lane.core.visual import overlay as overlay_image
 from paddle_lane.data.transforms import FULL_SIZE
-from paddle_lane.visual import overlay as overlay_image
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 OVERLAY_DIR = "overlay"

@@ -12,7 +12,7 @@ import os
 import time
 from pathlib import Path
 
-from data_prep.errors import UserError
+from paddle_lane.core.errors import UserError
 
 _held: dict[Path, int] = {}  # lock path -> fd, for the life of the process
 

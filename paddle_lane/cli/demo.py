@@ -17,13 +17,13 @@ def _banner(text: str) -> None:
 
 
 def run_demo(out: str | Path = "demo_out", config: str | Path = DEMO_CONFIG, opts: list[str] | None = None) -> int:
-    from data_prep.prepare import prepare, summary_table
-    from data_prep.synth import make_dataset
+    from paddle_lane.cli.commands import run_evaluate, run_infer
     from paddle_lane.engine.trainer import Trainer
-    from paddle_lane.infer.commands import run_evaluate, run_infer
+    from paddle_lane.prepare.pipeline import prepare, summary_table
+    from paddle_lane.prepare.synth import make_dataset
 
     if not Path(config).is_file():
-        from paddle_lane.errors import UserError
+        from paddle_lane.core.errors import UserError
         raise UserError(f"demo: config {config} not found (the demo's configs/ folder is part of a source checkout, "
                         "not of the installed package); pass --config FILE")
     t0 = time.time()
