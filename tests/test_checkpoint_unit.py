@@ -264,3 +264,54 @@ def test_a_damaged_best_iteration_is_never_copied_into_best(tmp_path, capsys):
     assert (run / "stage0" / "best" / "model.pdparams").read_bytes() == \
         (run / "stage0" / "iter_0000002" / "model.pdparams").read_bytes()
     assert capsys.readouterr().err == ""
+
+
+def test_an_unrecorded_file_does_not_stop_the_check_of_the_next(tmp_path):
+    folder = save(tmp_path / "iter_0000004")
+    state = json.loads((folder / "state.json").read_text())
+    (folder / "extra.bin").write_bytes(b"abc")
+    state["files"] = {"extra.bin": None, **state["files"]}  # a legacy entry first, then a digest
+    (folder / "state.json").write_text(json.dumps(state))
+    assert ck.checkpoint_damage(folder) is None
+    (folder / "model.pdparams").write_bytes(b"")
+    assert ck.checkpoint_damage(folder).startswith("model.pdparams has 0 bytes")
+
+
+def test_a_resume_skips_a_checkpoint_whose_state_lacks_a_resume_key(tmp_path, capsys):
+    save(tmp_path / "stage0" / "iter_0000002", iter=2)
+    newer = save(tmp_path / "stage0" / "iter_0000004", iter=4)
+    state = json.loads((newer / "state.json").read_text())
+    del state["bad_vals"]
+    (newer / "state.json").write_text(json.dumps(state))
+    assert ck.newest_intact_checkpoint(tmp_path) == tmp_path / "stage0" / "iter_0000002"
+    assert "has no 'bad_vals' key" in capsys.readouterr().err
+
+
+def test_iterations_are_ordered_as_numbers_whatever_their_padding(tmp_path):
+    for name in ("iter_10", "iter_9", "iter_0000011"):
+        save(tmp_path / "stage0" / name)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["iter_9", "iter_10", "iter_0000011"]
+
+
+def test_pruning_to_one_keeps_only_the_newest(tmp_path):
+    for it in (2, 4, 6):
+        save(tmp_path / "stage0" / f"iter_{it:07d}", iter=it)
+    ck.prune(tmp_path, 0, 1)
+    assert [p.name for p in ck.list_checkpoints(tmp_path)] == ["iter_0000006"]
+
+
+def test_a_damaged_best_of_a_later_stage_is_replaced_from_that_stage(tmp_path):
+    save(tmp_path / "stage0" / "iter_0000008", seed=1, iter=8)
+    stage1 = tmp_path / "stage1"
+    save(stage1 / "iter_0000003", seed=2, stage=1, iter=3)
+    save(stage1 / "best", seed=3, stage=1, iter=2)
+    (stage1 / "best" / "model.pdparams").write_bytes(b"")
+    note = ck.reconcile_best(stage1, {**STATE, "stage": 1, "best_iter": 2, "iter": 3})
+    assert "best/ now holds iter_0000003, the newest intact checkpoint of stage1" in note
+    assert (stage1 / "best" / "model.pdparams").read_bytes() == (stage1 / "iter_0000003" / "model.pdparams").read_bytes()
+
+
+def test_optimizer_keys_take_the_longest_parameter_name_that_prefixes_them():
+    mapping = {"conv": "@a", "conv_bn": "@b"}
+    state = {"conv_bn_moment1_0": 1, "conv_moment1_0": 2, "LR_Scheduler": 3}
+    assert ck._rename_keys(state, mapping) == {"@b_moment1_0": 1, "@a_moment1_0": 2, "LR_Scheduler": 3}
