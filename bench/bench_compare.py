@@ -15,7 +15,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from paddle_lane.evaluation.analysis import iou_parts, mean_iou  # noqa: E402
+from paddle_lane.core.metrics import iou_parts, mean_iou  # noqa: E402
 from paddle_lane.evaluation.compare import bootstrap  # noqa: E402
 
 

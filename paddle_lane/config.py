@@ -13,7 +13,11 @@ from typing import Any, Optional, Union
 
 import yaml
 
-from paddle_lane.models.registry import BACKBONES, MODELS
+from paddle_lane.core.apollo_files import LABEL_NAME_SUFFIX
+from paddle_lane.core.labels import IGNORE_POLICIES
+from paddle_lane.core.resize import CROP_OFFSET, FULL_SIZE, LABEL_RESIZE_RULES
+from paddle_lane.models.registry import BACKBONES, INITS, MODELS
+from paddle_lane.prepare.weights import FORMULAS
 
 
 class ConfigError(ValueError):
@@ -43,8 +47,8 @@ class DataConfig:
     lists_dir: str = "out/prepare"      # where prepare wrote train.csv / val.csv / stats.json
     scheme: str = "apollo8"
     ignore_policy: str = "background"   # what ignoreInEval ids, 249, 255 become in training
-    crop_offset: int = 690              # rows cut from the top (sky) before resizing, in frames of
-    frame_height: int = 1710            # ... this height; frames of another height are cut in proportion
+    crop_offset: int = CROP_OFFSET              # rows cut from the top (sky) before resizing, in frames of
+    frame_height: int = FULL_SIZE[1]            # ... this height; frames of another height are cut in proportion
     use_cache: bool = True              # read prepare's resized cache when present
     label_resize: str = "nearest"       # nearest (centre-exact) | vote (area majority); see paddle_lane/core/resize.py
     num_workers: int = 2
@@ -149,7 +153,7 @@ class InferConfig:
     stage: int = -1                     # which stage's size is the inference size
     window: list = field(default_factory=list)         # [w, h]: sliding-window inference; [] = whole image
     window_stride: list = field(default_factory=list)  # [sx, sy]; [] = half the window
-    name_suffix: str = "_bin.png"       # output name = image stem + this
+    name_suffix: str = LABEL_NAME_SUFFIX  # output name = image stem + this
 
 
 @dataclass
@@ -167,22 +171,31 @@ class Config:
     source: str = field(default="<defaults>", metadata={"internal": True})
 
 
+CONFIG_FILE = "config.yml"             # the config a run folder or an export folder holds
 LIST_ITEM_TYPES = {(Config, "loss"): LossTerm, (Config, "stages"): StageConfig}
 PADDLESEG = "paddleseg"                 # model.name whose section passes other keys to paddleseg
 
 CHOICES = {
-    "data.ignore_policy": ("background", "ignore"),
-    "data.label_resize": ("nearest", "vote"),
-    "prepare.class_weight": ("inverse_log", "median_frequency", "none"),
+    "data.ignore_policy": IGNORE_POLICIES,
+    "data.label_resize": LABEL_RESIZE_RULES,
+    "prepare.class_weight": tuple(FORMULAS),
     "model.name": MODELS.names(),
     "model.backbone": BACKBONES.names(),
     "model.output_stride": (8, 16, 32),
-    "model.init": ("kaiming", "xavier", "default"),
+    "model.init": INITS,
     "loss.type": ("ce", "dice", "focal", "lovasz"),
     "optimizer.type": ("sgd", "adam", "adamw"),
     "schedule.type": ("poly", "cosine", "step", "cyclic", "onecycle", "constant"),
     "train.amp": (None, "fp16", "bf16"),
 }
+
+
+def implements(key: str, table: dict) -> dict:
+    """An implementation table (losses, schedules, optimizers) for exactly the names CHOICES[key]
+    lets a config use: the names are declared once, here, and code that drifts fails at import."""
+    if set(table) != set(CHOICES[key]):
+        raise RuntimeError(f"{key}: configs may name {sorted(CHOICES[key])} but the code implements {sorted(table)}")
+    return table
 
 
 # ----------------------------------------------------------------------------- loading

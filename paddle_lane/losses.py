@@ -11,7 +11,8 @@ from collections.abc import Callable, Sequence
 import paddle
 import paddle.nn.functional as F
 
-from paddle_lane.config import ConfigError, LossTerm
+from paddle_lane.config import ConfigError, LossTerm, implements
+from paddle_lane.core.labels import IGNORE_INDEX
 
 LossFn = Callable[[paddle.Tensor, paddle.Tensor], paddle.Tensor]
 
@@ -73,7 +74,7 @@ def true_class_log_prob(logits: paddle.Tensor, safe: paddle.Tensor) -> paddle.Te
 class CrossEntropy:
     """Cross-entropy averaged as sum(w[y]*nll) / sum(w[y]) over valid pixels (torch/paddle convention)."""
 
-    def __init__(self, class_weights: Sequence[float] | None = None, ignore_index: int = 255):
+    def __init__(self, class_weights: Sequence[float] | None = None, ignore_index: int = IGNORE_INDEX):
         self.class_weights = class_weights
         self.ignore_index = ignore_index
 
@@ -88,7 +89,7 @@ class FocalLoss:
     """Focal loss -(1-p_y)^gamma log p_y, averaged like CrossEntropy (gamma=0 gives CE)."""
 
     def __init__(self, gamma: float = 2.0, class_weights: Sequence[float] | None = None,
-                 ignore_index: int = 255):
+                 ignore_index: int = IGNORE_INDEX):
         self.gamma = gamma
         self.class_weights = class_weights
         self.ignore_index = ignore_index
@@ -106,7 +107,7 @@ class FocalLoss:
 class SoftDice:
     """1 - soft Dice per class over the whole batch, averaged over classes with target or predicted mass."""
 
-    def __init__(self, ignore_index: int = 255, smooth: float = 1.0):
+    def __init__(self, ignore_index: int = IGNORE_INDEX, smooth: float = 1.0):
         self.ignore_index = ignore_index
         self.smooth = smooth
 
@@ -135,7 +136,7 @@ def lovasz_grad(sorted_truth: paddle.Tensor) -> paddle.Tensor:
 class LovaszSoftmax:
     """Lovasz-softmax (Berman et al. 2018) over classes present in the batch, pixels flattened over the batch."""
 
-    def __init__(self, ignore_index: int = 255):
+    def __init__(self, ignore_index: int = IGNORE_INDEX):
         self.ignore_index = ignore_index
 
     def __call__(self, logits: paddle.Tensor, labels: paddle.Tensor) -> paddle.Tensor:
@@ -219,12 +220,12 @@ def _term_weights(i: int, term: LossTerm, num_classes: int,
     return [float(w) for w in class_weights]
 
 
-FACTORIES: dict[str, Callable[[LossTerm, list[float] | None, int], LossFn]] = {
+FACTORIES: dict[str, Callable[[LossTerm, list[float] | None, int], LossFn]] = implements("loss.type", {
     "ce": lambda term, weights, ignore: CrossEntropy(weights, ignore),
     "focal": lambda term, weights, ignore: FocalLoss(term.gamma, weights, ignore),
     "dice": lambda term, weights, ignore: SoftDice(ignore),
     "lovasz": lambda term, weights, ignore: LovaszSoftmax(ignore),
-}
+})
 
 
 def _unique_name(base: str, taken: set[str]) -> str:
@@ -237,7 +238,7 @@ def _unique_name(base: str, taken: set[str]) -> str:
 
 
 def build_loss(terms: list[LossTerm], num_classes: int, class_weights: Sequence[float] | None,
-               ignore_index: int = 255) -> CombinedLoss:
+               ignore_index: int = IGNORE_INDEX) -> CombinedLoss:
     """CombinedLoss from the `loss:` config list; errors name the offending `loss.{i}.*` key."""
     built, taken = [], set()
     for i, term in enumerate(terms):

@@ -238,3 +238,24 @@ def test_default_name_suffix_gives_the_synthetic_label_names(tmp_path):
     pairs = data["pairs"]
     assert len(pairs) == 2
     _assert_submission_names([(p["image"], p["label"]) for p in pairs] + [(p["image"], p["label_alt"]) for p in pairs])
+
+
+def test_each_name_a_config_may_use_has_code_and_each_piece_of_code_a_name():
+    """The allowed values are declared once (config.CHOICES, read from their owners where those sit
+    below the config); the implementation tables match them, and a drifted table fails at import."""
+    from paddle_lane import losses
+    from paddle_lane.config import CHOICES, implements
+    from paddle_lane.core.labels import IGNORE_POLICIES
+    from paddle_lane.core.resize import LABEL_RESIZE_RULES
+    from paddle_lane.engine.schedules import SCHEDULES
+    from paddle_lane.models.builder import INITIALIZERS
+    from paddle_lane.prepare.weights import FORMULAS
+    assert set(losses.FACTORIES) == set(CHOICES["loss.type"]) == {"ce", "dice", "focal", "lovasz"}
+    assert set(SCHEDULES) == set(CHOICES["schedule.type"]) == {"poly", "cosine", "step", "cyclic", "onecycle",
+                                                                "constant"}
+    assert CHOICES["data.ignore_policy"] is IGNORE_POLICIES and CHOICES["data.label_resize"] is LABEL_RESIZE_RULES
+    assert set(CHOICES["prepare.class_weight"]) == set(FORMULAS) == {"inverse_log", "median_frequency", "none"}
+    assert set(CHOICES["model.init"]) == set(INITIALIZERS) | {"default"}
+    with pytest.raises(RuntimeError, match=r"loss.type: configs may name \['ce', 'dice', 'focal', 'lovasz'\] "
+                                           r"but the code implements \['ce', 'dice'\]"):
+        implements("loss.type", {"ce": None, "dice": None})

@@ -21,7 +21,8 @@ from paddle_lane.config import load_config
 from paddle_lane.core.errors import UserError
 from paddle_lane.core.label_io import read_image
 from paddle_lane.deploy import export as exp
-from paddle_lane.inference.backends import export_predictor, read_deploy
+from paddle_lane.inference.backends import export_predictor
+from paddle_lane.inference.export_folder import read_deploy
 from paddle_lane.inference.predictor import Predictor
 from paddle_lane.models import build_model
 from paddle_lane.prepare.synth import make_dataset

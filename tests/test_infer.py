@@ -234,7 +234,7 @@ def test_predict_ids_exact_at_full_size(cfg, test_images, tmp_path, axis, classe
         if axis == 3 and full_size == (W, H):                      # the halves in plain numbers
             assert not want[:OFFSET].any() and (want[OFFSET:, :W // 2] == 217).all() and (want[OFFSET:, W // 2:] == 224).all()
         rgb = np.zeros((full_size[1], full_size[0], 3), np.uint8)
-        got = probs_to_ids(pred.predict_probs(rgb), pred.offset_for(full_size[1]), full_size, pred.scheme)
+        got = probs_to_ids(pred.predict_probs(rgb), pred.rows_cut(full_size[1]), full_size, pred.scheme)
         np.testing.assert_array_equal(got, want)
         np.testing.assert_array_equal(pred.predict_ids(rgb), want)
     write_submission(pred, test_images[:1], tmp_path / "sub", zip_output=False, progress=False)
@@ -441,7 +441,7 @@ def test_crop_follows_the_frame_height(cfg, capsys):
     """The crop is data.crop_offset rows of data.frame_height-row frames: a half-height frame of
     the same aspect is cut at half the rows, and a frame of another aspect is warned about once."""
     predictor = Predictor(cfg, models=[(pixelwise(5), SIZE)])
-    assert predictor.offset_for(H) == OFFSET and predictor.offset_for(H // 2) == round(OFFSET / 2)
+    assert predictor.rows_cut(H) == OFFSET and predictor.rows_cut(H // 2) == round(OFFSET / 2)
     half = cv2.resize(smooth_frame(1), (W // 2, H // 2), interpolation=cv2.INTER_AREA)
     ids = predictor.predict_train_ids(half)
     assert ids.shape == (H // 2, W // 2)

@@ -31,7 +31,7 @@ def source_copy(tmp_path):
 def test_every_layer_imports_only_those_below_it():
     result = lint(ROOT)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "Contracts: 2 kept, 0 broken." in result.stdout
+    assert "Contracts: 3 kept, 0 broken." in result.stdout
 
 
 @pytest.mark.parametrize("module, upward", [
@@ -54,6 +54,13 @@ def test_paddle_in_core_breaks_the_no_paddle_contract(source_copy):
     path.write_text(path.read_text() + "\nimport paddle  # put back for the test\n")
     result = lint(source_copy)
     assert result.returncode == 1 and "run without Paddle BROKEN" in result.stdout, result.stdout
+
+
+def test_paddle_behind_the_export_folder_reader_breaks_its_contract(source_copy):
+    path = source_copy / "paddle_lane/inference/export_folder.py"
+    path.write_text(path.read_text() + "\nfrom paddle_lane.runs import checkpoint  # put back for the test\n")
+    result = lint(source_copy)
+    assert result.returncode == 1 and "export folder without Paddle BROKEN" in result.stdout, result.stdout
 
 
 def cycles(tree: Path) -> list[str]:

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from paddle_lane.core.metrics import SegMetric, metric_to_jsonable, packed_confusion, pair_code_lut
+from paddle_lane.core.metrics import (SegMetric, iou_parts, mean_iou, metric_to_jsonable, packed_confusion,
+                                      pair_code_lut)
 
 NAMES = ["bg", "lane_a", "lane_b"]
 I = 255  # ignore
@@ -316,3 +317,25 @@ def test_metric_to_jsonable_converts_numpy_and_non_finite():
                               4: (math.inf, "x")})
     assert got == {"a": [1.5, None], "b": 2.5, "c": 3, "4": [None, "x"]}
     assert type(got["c"]) is int and type(got["b"]) is float
+
+
+def test_iou_parts_and_means_by_hand():
+    conf = np.array([[50, 10, 0],
+                     [5, 20, 0],
+                     [0, 0, 0]])                         # class 2 absent on both sides
+    p = iou_parts(conf)
+    np.testing.assert_allclose(p["iou"][:2], [50 / 65, 20 / 35])
+    assert np.isnan(p["iou"][2]) and np.isnan(p["precision"][2]) and np.isnan(p["recall"][2])
+    assert np.isnan(p["f1"][2])
+    np.testing.assert_allclose(p["precision"][:2], [50 / 55, 20 / 30])
+    np.testing.assert_allclose(p["recall"][:2], [50 / 60, 20 / 25])
+    np.testing.assert_allclose(p["f1"][:2], [100 / 115, 40 / 55])
+    np.testing.assert_array_equal(p["gt_pixels"], [60, 25, 0])
+    np.testing.assert_array_equal(p["pred_pixels"], [55, 30, 0])
+    assert mean_iou(p["iou"]) == pytest.approx((50 / 65 + 20 / 35) / 2)
+    assert mean_iou(p["iou"], [1, 2]) == pytest.approx(20 / 35)
+    assert np.isnan(mean_iou(p["iou"], [2]))
+    stacked = iou_parts(np.stack([conf, np.eye(3, dtype=int) * 4]))
+    np.testing.assert_allclose(stacked["iou"][1], [1, 1, 1])
+    np.testing.assert_allclose(stacked["iou"][0, :2], [50 / 65, 20 / 35])
+    np.testing.assert_allclose(mean_iou(stacked["iou"]), [(50 / 65 + 20 / 35) / 2, 1.0])

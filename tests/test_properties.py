@@ -1,7 +1,8 @@
 """Rules that hold for every input, said as properties (hypothesis draws the inputs):
 label tables round-trip, the confusion matrix counts every scored pixel once, the score of a
 set does not depend on the order of its frames, and flip TTA of a flip-equivariant model is
-plain inference."""
+plain inference; evaluate, the report's per-frame and per-group scores and compare follow one
+IoU rule.""" 
 from __future__ import annotations
 
 import numpy as np
@@ -13,6 +14,7 @@ from hypothesis.extra.numpy import arrays
 from conftest import ROOT
 from paddle_lane.core.labels import ignore_in_eval_ids, known_ids, load_scheme
 from paddle_lane.core.metrics import SegMetric
+from paddle_lane.evaluation.analysis import group_scores, per_frame_miou
 
 KNOWN = sorted(known_ids())
 SCHEMES = ["apollo8", "apollo9"]
@@ -70,6 +72,44 @@ def test_score_does_not_depend_on_frame_order(data):
     ra, rb = a.compute(), b.compute()
     assert np.array_equal(a.confusion, b.confusion)
     assert (np.isnan(ra["miou"]) and np.isnan(rb["miou"])) or ra["miou"] == rb["miou"]
+
+
+def reference_miou(conf: np.ndarray, classes) -> float:
+    """IoU of each class by its definition, class by class, averaged over the defined ones."""
+    ious = []
+    for c in classes:
+        tp, gt, pred = conf[c, c], conf[c, :].sum(), conf[:, c].sum()
+        if gt + pred - tp > 0:
+            ious.append(tp / (gt + pred - tp))
+    return float(np.mean(ious)) if ious else float("nan")
+
+
+def same(a: float, b: float) -> bool:
+    return (np.isnan(a) and np.isnan(b)) or abs(a - b) < 1e-12
+
+
+@settings(max_examples=60, deadline=None)
+@given(data=st.data(), n=st.integers(1, 6))
+def test_every_score_of_a_frame_set_follows_one_iou_rule(data, n):
+    """evaluate's mIoU of a set, the report's per-frame and per-road mIoU and the reference agree,
+    absent classes (zero rows and columns) included."""
+    frames = data.draw(st.integers(1, 5))
+    confs = data.draw(arrays(np.int64, (frames, n, n), elements=st.sampled_from([0, 0, 1, 3, 40])))
+    lanes = list(range(1, n))
+    for i in range(frames):
+        one = SegMetric(n)
+        one.merge(confs[i])
+        expected = reference_miou(confs[i], range(n))
+        assert same(one.compute()["miou"], expected)
+        assert same(float(per_frame_miou(confs, lanes)[0][i]), expected)
+        assert same(float(per_frame_miou(confs, lanes)[1][i]), reference_miou(confs[i], lanes))
+    whole = SegMetric(n)
+    for conf in confs:
+        whole.merge(conf)
+    result = whole.compute()
+    [group] = group_scores([{"gt": "Road02/x.png"}] * frames, confs, "road", lanes)
+    assert same(result["miou"], reference_miou(confs.sum(axis=0), range(n)))
+    assert same(group["miou"], result["miou"]) and same(group["miou_lanes"], result["miou_lanes"])
 
 
 @settings(max_examples=8, deadline=None)

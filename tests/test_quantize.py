@@ -26,7 +26,8 @@ from paddle_lane.core.label_io import image_size, read_image, read_label
 from paddle_lane.core.labels import load_scheme
 from paddle_lane.core.procs import die_with_parent, wait_http_ready
 from paddle_lane.deploy import export as exp
-from paddle_lane.inference.backends import export_predictor, read_deploy
+from paddle_lane.inference.backends import export_predictor
+from paddle_lane.inference.export_folder import read_deploy
 from paddle_lane.inference.predictor import Predictor
 from paddle_lane.models import build_model
 from paddle_lane.runs.checkpoint import save_checkpoint

@@ -30,22 +30,6 @@ def test_frame_origin(path, origin):
     assert an.frame_origin(path) == origin
 
 
-def test_iou_parts_and_means_by_hand():
-    conf = np.array([[50, 10, 0],
-                     [5, 20, 0],
-                     [0, 0, 0]])                         # class 2 absent on both sides
-    p = an.iou_parts(conf)
-    np.testing.assert_allclose(p["iou"][:2], [50 / 65, 20 / 35])
-    assert np.isnan(p["iou"][2]) and np.isnan(p["precision"][2]) and np.isnan(p["recall"][2])
-    np.testing.assert_allclose(p["precision"][:2], [50 / 55, 20 / 30])
-    np.testing.assert_allclose(p["recall"][:2], [50 / 60, 20 / 25])
-    assert an.mean_iou(p["iou"]) == pytest.approx((50 / 65 + 20 / 35) / 2)
-    assert an.mean_iou(p["iou"], [1, 2]) == pytest.approx(20 / 35)
-    assert np.isnan(an.mean_iou(p["iou"], [2]))
-    stacked = an.iou_parts(np.stack([conf, np.eye(3, dtype=int) * 4]))["iou"]
-    np.testing.assert_allclose(stacked[1], [1, 1, 1])
-
-
 def test_group_scores_are_set_level_per_group():
     frames = [{"gt": "Label_road02/Record001/Camera 5/a.png"}, {"gt": "Label_road02/Record001/Camera 6/b.png"},
               {"gt": "Label_road03/Record002/Camera 5/c.png"}]

@@ -170,7 +170,7 @@ data = open(image, "rb").read()
 p.predict_batch([np.zeros((1, 3, s[1], s[0]), np.float32) for s, _, _ in p.input_keys])
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t0 = time.perf_counter()
-full = inspect_upload(data, 20 << 20, 40_000_000, p.offset_for)
+full = inspect_upload(data, 20 << 20, 40_000_000, p.rows_cut)
 probs = p.predict_batch([x[None] for x in model_inputs(p, data, full)])
 body = render_answer(p, probs[0], data, full, fmt)
 seconds, grown = time.perf_counter() - t0, (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) / 1024

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from paddle_lane.core.apollo_files import is_label_file
 from paddle_lane.core.labels import known_id_mask, load_scheme
 from paddle_lane.inference import submission as sub
 from paddle_lane.inference.predictor import FileResult
@@ -263,7 +264,7 @@ def test_validate_submission_checks_sizes_ids_and_passes_a_good_folder(tmp_path)
     ("my_label/x.jpg", False),
 ])
 def test_is_label_file(tmp_path, rel, is_label):
-    assert sub.is_label_file(tmp_path / rel, tmp_path) is is_label
+    assert is_label_file(tmp_path / rel, tmp_path) is is_label
 
 
 def test_list_images_skips_labels_hidden_and_own_output(tmp_path, capsys):

@@ -8,7 +8,7 @@ import tempfile
 from pathlib import Path
 from typing import Sequence
 
-from paddle_lane.config import load_config
+from paddle_lane.config import CONFIG_FILE, load_config
 from paddle_lane.core.errors import UserError
 from paddle_lane.inference.inputs import images_from
 
@@ -62,7 +62,7 @@ def describe(predictor) -> str:
 
 def export_dir_of(checkpoints: str) -> Path | None:
     """The export folder when --checkpoint names one (deploy.yml inside), else None."""
-    from paddle_lane.inference.backends import is_export_dir
+    from paddle_lane.inference.export_folder import is_export_dir
     ckpts = split_list(checkpoints)
     if any(is_export_dir(c) for c in ckpts):
         if len(ckpts) != 1:
@@ -74,7 +74,6 @@ def export_dir_of(checkpoints: str) -> Path | None:
 
 def config_for(config: str | None, opts: list[str] | None, checkpoints: str):
     """--config, else the config.yml inside an export folder given as --checkpoint."""
-    from paddle_lane.inference.backends import CONFIG_FILE
     export = export_dir_of(checkpoints)
     if config is None and export is None:
         raise ValueError("--config is required unless --checkpoint is an export folder (made by `paddle-lane export`)")

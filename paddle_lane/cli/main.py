@@ -26,6 +26,7 @@ os.environ.setdefault("GLOG_minloglevel", "2")
 
 from paddle_lane.config import load_config
 from paddle_lane.core.errors import UserError
+from paddle_lane.inference.export_folder import BACKENDS
 
 EPILOG = "Run `paddle-lane VERB --help` for a verb's options."
 
@@ -251,7 +252,6 @@ def cmd_demo(args, argv) -> int:
 
 
 TTA_CHOICES = ("flip", "none")
-BACKEND_CHOICES = ("onnxruntime", "onnxruntime-int8", "paddle-inference", "dygraph")
 
 
 def _tta_flip(args):
@@ -421,7 +421,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint folder(s) or .pdparams, comma-separated for an "
                    "ensemble; or an export folder (paddle-lane export), which needs no --config")
-    p.add_argument("--backend", choices=BACKEND_CHOICES,
+    p.add_argument("--backend", choices=BACKENDS,
                    help="an export folder's default: onnxruntime on CPU, paddle-inference on GPU; checkpoints: dygraph, "
                         "or onnxruntime / paddle-inference through an export made once and cached")
     p.add_argument("--gpus", help="card id(s); several (e.g. 0,1) shard the images over one process per card")
@@ -450,7 +450,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("video", help="overlay predictions on a road video, frame by frame")
     _add_config_args(p)
     p.add_argument("--checkpoint", required=True, help="checkpoint(s), or an export folder")
-    p.add_argument("--backend", choices=BACKEND_CHOICES, help="for an export folder")
+    p.add_argument("--backend", choices=BACKENDS, help="for an export folder")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--device", choices=["cpu", "gpu"])
@@ -489,7 +489,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     def serving_args(p, batch_default):
         p.add_argument("--model", required=True, help="export folder (paddle-lane export)")
-        p.add_argument("--backend", choices=BACKEND_CHOICES, help="default: onnxruntime on CPU, paddle-inference on GPU")
+        p.add_argument("--backend", choices=BACKENDS, help="default: onnxruntime on CPU, paddle-inference on GPU")
         p.add_argument("--max-batch", type=int, default=batch_default,
                        help="requests per forward pass (0: 4 on a GPU, 1 on a CPU, where batching measured slower)")
         p.add_argument("--threads", type=int, default=0, help="backend threads per process (0: its default)")

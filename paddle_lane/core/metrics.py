@@ -11,6 +11,8 @@ from collections.abc import Sequence
 import cv2
 import numpy as np
 
+from paddle_lane.core.labels import IGNORE_INDEX
+
 ABSENT = "absent"
 PACKED_MAX_CLASSES = 15  # gt*n + pred fits one byte below 255 while n*n <= 255
 FALSE_POSITIVES_ONLY = "false positives only"
@@ -32,7 +34,7 @@ def pair_code_lut(train_lut: np.ndarray, n: int) -> np.ndarray:
     if n > PACKED_MAX_CLASSES:
         raise ValueError(f"packed confusion supports up to {PACKED_MAX_CLASSES} classes, got {n}")
     lut = np.asarray(train_lut).astype(np.int64)
-    return np.where(lut < n, lut * n, 255).astype(np.uint8)
+    return np.where(lut < n, lut * n, np.iinfo(np.uint8).max).astype(np.uint8)
 
 
 def _check_packed_pred(pred_train: np.ndarray, codes: np.ndarray, n: int) -> None:
@@ -73,15 +75,30 @@ def _resolve_lanes(lane_classes: slice | Sequence[int] | None, n: int) -> list[i
 
 def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
     """num / den elementwise, NaN where den == 0 (no warnings)."""
-    out = np.full(num.shape, np.nan, np.float64)
+    out = np.full(np.shape(num), np.nan, np.float64)
     np.divide(num, den, out=out, where=den > 0)
     return out
 
 
-def _nanmean(values: np.ndarray) -> float:
-    """Mean of the finite entries; NaN (without a RuntimeWarning) when there are none."""
-    finite = values[~np.isnan(values)]
-    return float(finite.mean()) if finite.size else math.nan
+def iou_parts(conf: np.ndarray) -> dict:
+    """Per-class IoU, precision, recall and F1 (NaN where the denominator is 0) and the pixel
+    counts of one n x n confusion (rows = truth), or of a stack ... x n x n (the last two axes).
+    The one place these ratios are computed: compute(), the report and compare all call it."""
+    conf = np.asarray(conf, np.float64)
+    tp = np.diagonal(conf, axis1=-2, axis2=-1)
+    gt, pred = conf.sum(axis=-1), conf.sum(axis=-2)
+    return {"iou": _safe_div(tp, gt + pred - tp),  # union 0 <=> absent -> NaN
+            "precision": _safe_div(tp, pred), "recall": _safe_div(tp, gt),
+            "f1": _safe_div(2 * tp, gt + pred),  # = harmonic mean of P and R when both exist
+            "gt_pixels": gt, "pred_pixels": pred}
+
+
+def mean_iou(iou: np.ndarray, classes: Sequence[int] | None = None) -> np.ndarray:
+    """Mean over classes (last axis) of the defined IoUs; NaN (without a warning) when none is."""
+    iou = np.asarray(iou, np.float64)
+    iou = iou if classes is None else iou[..., list(classes)]
+    valid = ~np.isnan(iou)
+    return _safe_div(np.where(valid, iou, 0.0).sum(axis=-1), valid.sum(axis=-1))
 
 
 def _range_label(idx: list[int]) -> str:
@@ -112,7 +129,7 @@ class SegMetric:
     """Confusion matrix (rows = ground truth, cols = prediction) over train ids, and the scores from it."""
 
     def __init__(self, num_classes: int, class_names: Sequence[str] | None = None,
-                 ignore_index: int = 255, lane_classes: slice | Sequence[int] | None = None):
+                 ignore_index: int = IGNORE_INDEX, lane_classes: slice | Sequence[int] | None = None):
         if num_classes < 1:
             raise ValueError(f"num_classes must be >= 1, got {num_classes}")
         if class_names is not None and len(class_names) != num_classes:
@@ -178,29 +195,24 @@ class SegMetric:
 
     def compute(self) -> dict:
         """Per-class IoU/precision/recall/F1 and the means, following policy_text()."""
-        cm = self._confusion.astype(np.float64)
-        tp = np.diag(cm)
-        gt_pixels, pred_pixels = cm.sum(axis=1), cm.sum(axis=0)
-        iou = _safe_div(tp, gt_pixels + pred_pixels - tp)  # union 0 <=> absent -> NaN
-        precision = _safe_div(tp, pred_pixels)
-        recall = _safe_div(tp, gt_pixels)
-        f1 = _safe_div(2 * tp, gt_pixels + pred_pixels)  # = harmonic mean of P and R when both exist
+        parts = iou_parts(self._confusion)
+        iou, gt_pixels, pred_pixels = parts["iou"], parts["gt_pixels"], parts["pred_pixels"]
         status = np.where(gt_pixels > 0, PRESENT, np.where(pred_pixels > 0, FALSE_POSITIVES_ONLY, ABSENT))
         per_class = [
-            {"name": name, "iou": float(iou[i]), "precision": float(precision[i]), "recall": float(recall[i]),
-             "f1": float(f1[i]), "gt_pixels": int(gt_pixels[i]), "pred_pixels": int(pred_pixels[i]),
-             "status": str(status[i])}
+            {"name": name, "iou": float(iou[i]), "precision": float(parts["precision"][i]),
+             "recall": float(parts["recall"][i]), "f1": float(parts["f1"][i]), "gt_pixels": int(gt_pixels[i]),
+             "pred_pixels": int(pred_pixels[i]), "status": str(status[i])}
             for i, name in enumerate(self.class_names)]
-        total = cm.sum()
+        total = int(self._confusion.sum())
         return {
             "per_class": per_class,
-            "miou": _nanmean(iou),
-            "miou_lanes": _nanmean(iou[self.lane_classes]),
-            "pixel_accuracy": float(tp.sum() / total) if total > 0 else math.nan,
+            "miou": float(mean_iou(iou)),
+            "miou_lanes": float(mean_iou(iou, self.lane_classes)),
+            "pixel_accuracy": float(np.trace(self._confusion) / total) if total > 0 else math.nan,
             "absent_classes": [self.class_names[i] for i in np.flatnonzero(status == ABSENT)],
             "num_classes": self.num_classes,
             "lane_classes": list(self.lane_classes),
-            "scored_pixels": int(total),
+            "scored_pixels": total,
             "policy": policy_text(self.ignore_index),
         }
 

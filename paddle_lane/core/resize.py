@@ -10,6 +10,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+FULL_SIZE = (3384, 1710)  # the competition frame (w, h); lists record each frame's own size
+CROP_OFFSET = 690         # rows of sky and far road cut from the top of a FULL_SIZE frame
 
 
 def crop_top(array: np.ndarray, offset: int) -> np.ndarray:

@@ -9,7 +9,8 @@ import pandas as pd
 import paddle
 
 from paddle_lane.core.procs import loader_worker
-from paddle_lane.data.transforms import FULL_SIZE, FrameSource, augment, normalize
+from paddle_lane.core.resize import FULL_SIZE
+from paddle_lane.data.transforms import FrameSource, augment, normalize
 
 
 def loader_worker_init(worker_id: int) -> None:

@@ -11,10 +11,9 @@ import numpy as np
 
 from paddle_lane.core.label_io import read_image, read_label
 from paddle_lane.core.labels import IGNORE_INDEX, Scheme, load_scheme
-from paddle_lane.core.resize import crop_rows
+from paddle_lane.core.resize import FULL_SIZE, crop_rows
 from paddle_lane.prepare.cache import cache_dir, cached_paths, load_resized
 
-FULL_SIZE = (3384, 1710)  # competition frame size (w, h); read from the list when present
 
 
 @dataclass

@@ -41,7 +41,7 @@ def cache_key(cfg, checkpoints, weights=None, member_configs=None, formats: str 
     import paddle
     from paddle_lane.config import to_dict
     from paddle_lane.deploy.export import ONNX_OPSET
-    from paddle_lane.inference.backends import FORMAT_VERSION
+    from paddle_lane.inference.export_folder import FORMAT_VERSION
     from paddle_lane.inference.geometry import normalize_weights
     from paddle_lane.inference.predictor import checkpoint_size, member_config
     from paddle_lane.runs.checkpoint import file_digest, resolve_weights
@@ -79,7 +79,7 @@ def cached_export(cfg, checkpoints, weights=None, member_configs=None, backend: 
                   say=print) -> Path:
     """The export folder of these checkpoints for `backend`: made on first use, reused after."""
     from paddle_lane.deploy.export import export_model
-    from paddle_lane.inference.backends import is_export_dir
+    from paddle_lane.inference.export_folder import is_export_dir
     if backend not in FORMAT_FOR:
         raise UserError(f"--backend {backend} for checkpoints: choose from {list(FORMAT_FOR)} or dygraph; "
                         f"{backend} needs an export made by `paddle-lane export`"

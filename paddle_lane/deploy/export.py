@@ -27,12 +27,14 @@ import numpy as np
 import paddle
 import yaml
 
-from paddle_lane.config import save_config
+from paddle_lane.config import CONFIG_FILE, save_config
 from paddle_lane.core.errors import UserError
 from paddle_lane.core.io_utils import atomic_write_text
 from paddle_lane.core.label_io import read_image
+from paddle_lane.core.resize import FULL_SIZE
 from paddle_lane.deploy.parity import compare
-from paddle_lane.inference.backends import CONFIG_FILE, DEPLOY_FILE, FORMAT_VERSION, INT8_FILE, export_predictor
+from paddle_lane.inference.backends import export_predictor
+from paddle_lane.inference.export_folder import DEPLOY_FILE, FORMAT_VERSION, INT8_FILE
 from paddle_lane.inference.manifest import code_version
 from paddle_lane.runs.checkpoint import file_digest, resolve_weights
 from paddle_lane.runs.run_dir import move_aside
@@ -85,7 +87,7 @@ def save_onnx(prefix: Path, out: Path) -> None:
                         "; export with --format paddle to keep the Paddle static graph only")
 
 
-def sample_frames(paths, full_size=(3384, 1710), seed: int = 0) -> list[np.ndarray]:
+def sample_frames(paths, full_size=FULL_SIZE, seed: int = 0) -> list[np.ndarray]:
     """The frames the self-check predicts: the given images, else one seeded random frame of the
     competition size (smooth noise, so every class gets some probability)."""
     if paths:

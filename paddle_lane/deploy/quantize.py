@@ -149,7 +149,8 @@ def quantize_export(tmp: Path, reference, cfg, info: dict, calib: str | None, fr
                     max_drop: float) -> dict:
     """Write members/<i>/model.int8.onnx beside each FP32 graph of the export being made in `tmp`, check it,
     and return deploy.yml's `quantization` section; a drop over the bound is a UserError (one line)."""
-    from paddle_lane.inference.backends import INT8_FILE, export_predictor
+    from paddle_lane.inference.backends import export_predictor
+    from paddle_lane.inference.export_folder import INT8_FILE
     if method not in CALIB_METHODS:
         raise UserError(f"--calib-method {method!r}: choose from {list(CALIB_METHODS)}")
     source = calib or str(Path(cfg.data.lists_dir) / "val.csv")

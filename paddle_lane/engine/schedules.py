@@ -9,7 +9,7 @@ import math
 
 import paddle
 
-from paddle_lane.config import ConfigError, OptimizerConfig, ScheduleConfig
+from paddle_lane.config import CHOICES, ConfigError, implements, OptimizerConfig, ScheduleConfig
 
 ONECYCLE_RISE = 0.3  # share of the stage spent rising to the peak
 
@@ -60,14 +60,14 @@ def _constant(it: int, total: int, base: float, cfg: ScheduleConfig) -> float:
     return base
 
 
-SCHEDULES = {
+SCHEDULES = implements("schedule.type", {
     "poly": _poly,
     "cosine": _cosine_schedule,
     "step": _step,
     "cyclic": _cyclic,
     "onecycle": _onecycle,
     "constant": _constant,
-}
+})
 
 
 def check_schedule(cfg: ScheduleConfig) -> None:
@@ -136,7 +136,7 @@ def _l2(cfg: OptimizerConfig) -> paddle.regularizer.L2Decay | None:
 def _check_optimizer(cfg: OptimizerConfig) -> None:
     """Raise ConfigError naming the optimizer key that cannot be used."""
     checks = [
-        ("type", cfg.type in ("sgd", "adam", "adamw"), "must be one of ['sgd', 'adam', 'adamw']"),
+        ("type", cfg.type in CHOICES["optimizer.type"], f"must be one of {list(CHOICES['optimizer.type'])}"),
         ("weight_decay", cfg.weight_decay >= 0, "must be >= 0"),
         ("grad_clip", cfg.grad_clip >= 0, "must be >= 0"),
         ("momentum", 0 <= cfg.momentum < 1, "must be in [0, 1)"),

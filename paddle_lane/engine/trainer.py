@@ -18,7 +18,7 @@ import paddle
 import paddle.distributed as dist
 from tqdm import tqdm
 
-from paddle_lane.config import Config, save_config, to_dict
+from paddle_lane.config import CONFIG_FILE, Config, save_config, to_dict
 from paddle_lane.core.labels import load_scheme
 from paddle_lane.data.dataset import (LaneDataset, StageBatchSampler, loader_worker_init, rare_class_weights,
                                       read_list)
@@ -151,7 +151,7 @@ class Trainer:
         self.history: list[tuple[int, int, float]] = []  # (stage, iter, loss) of this process
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yml")
+            save_config(cfg, self.out / CONFIG_FILE)
         self.monitor = Monitor(self.out / "vdl", [st.iters for st in cfg.stages], enabled=self.main,
                                quiet=quiet or not self.main)
 

@@ -100,7 +100,7 @@ def validate_frames(predictor, rows: pd.DataFrame, scheme: Scheme, num_workers: 
             return
         metric.merge(conf)
         if pred is not None:
-            offset = predictor.offset_for(gt.shape[0])
+            offset = predictor.rows_cut(gt.shape[0])
             rgb = inputs_from_file(images[i], [size], offset, (gt.shape[1], gt.shape[0]))[0]
             shown.append((rgb, _small(gt, offset, size), _small(pred, offset, size)))
 

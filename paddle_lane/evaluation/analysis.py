@@ -8,6 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
+from paddle_lane.core.metrics import iou_parts, mean_iou
+
 ROAD = re.compile(r"road[_ ]?0*(\d+)", re.IGNORECASE)
 RECORD = re.compile(r"record[_ ]?0*(\d+)", re.IGNORECASE)
 CAMERA = re.compile(r"camera[_ ]?0*(\d+)", re.IGNORECASE)
@@ -35,29 +37,6 @@ def error_kind(conf: np.ndarray, c: int) -> str:
     false = int(conf[:, c].sum() - conf[c, c])
     kind = "misses" if missed >= false else "false alarms"
     return f"{kind} ({missed:,} of its pixels missed, {false:,} false pixels)"
-
-
-def iou_parts(conf: np.ndarray) -> dict:
-    """Per-class IoU, precision, recall (NaN where undefined) of one n x n confusion (rows = truth),
-    or of a stack ... x n x n (the last two axes)."""
-    conf = np.asarray(conf, np.float64)
-    tp = np.diagonal(conf, axis1=-2, axis2=-1)
-    gt, pred = conf.sum(axis=-1), conf.sum(axis=-2)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        iou = np.where(gt + pred - tp > 0, tp / (gt + pred - tp), np.nan)
-        precision = np.where(pred > 0, tp / pred, np.nan)
-        recall = np.where(gt > 0, tp / gt, np.nan)
-    return {"iou": iou, "precision": precision, "recall": recall, "gt_pixels": gt, "pred_pixels": pred}
-
-
-def mean_iou(iou: np.ndarray, classes=None) -> np.ndarray:
-    """Mean over classes (last axis) of the defined IoUs; NaN when none is defined."""
-    iou = iou if classes is None else iou[..., list(classes)]
-    with np.errstate(invalid="ignore"):
-        valid = ~np.isnan(iou)
-        total = np.where(valid, iou, 0.0).sum(axis=-1)
-        count = valid.sum(axis=-1)
-        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
 
 
 def stack(frames: list[dict], n: int) -> tuple[list[dict], np.ndarray]:

@@ -11,7 +11,8 @@ from __future__ import annotations
 import numpy as np
 
 from paddle_lane.core.errors import UserError
-from paddle_lane.evaluation.analysis import iou_parts, mean_iou, stack
+from paddle_lane.core.metrics import iou_parts, mean_iou
+from paddle_lane.evaluation.analysis import stack
 
 CHUNK = 500  # resamples per matrix product (bounds memory at n_boot x n*n floats per side)
 

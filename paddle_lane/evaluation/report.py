@@ -15,17 +15,17 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from paddle_lane.core.apollo_files import frame_key, is_image_name, is_label_file
 from paddle_lane.core.errors import UserError
 from paddle_lane.core.io_utils import atomic_write_text
 from paddle_lane.core.label_io import UnreadableFileError, read_image, read_label
 from paddle_lane.core.labels import IGNORE_INDEX, apply_lut, load_scheme
 from paddle_lane.core.visual import colorize
 from paddle_lane.evaluation import figures
-from paddle_lane.evaluation.analysis import error_kind, group_scores, iou_parts, mean_iou, per_frame_miou, stack
+from paddle_lane.evaluation.analysis import error_kind, group_scores, per_frame_miou, stack
 from paddle_lane.evaluation.scorer import score_folders
 
 PANEL_WIDTH = 846  # worst-frame panels are shown at a quarter of the competition width
-LABEL_SUFFIX = "_bin"
 
 
 def _img(data: bytes, alt: str, mime: str = "image/png") -> str:
@@ -52,8 +52,7 @@ def image_index(folder: str | None) -> dict[str, Path]:
     root = Path(folder)
     if not root.is_dir():
         raise UserError(f"--images: folder not found: {folder}")
-    return {p.stem: p for p in sorted(root.rglob("*")) if p.suffix.lower() in (".jpg", ".jpeg", ".png")
-            and not p.stem.lower().endswith(LABEL_SUFFIX)}
+    return {p.stem: p for p in sorted(root.rglob("*")) if is_image_name(p) and not is_label_file(p, root)}
 
 
 def error_map(base: np.ndarray, gt: np.ndarray, pred: np.ndarray) -> np.ndarray:
@@ -88,8 +87,7 @@ def worst_frames(frames, miou, k, scheme, images: dict[str, Path]) -> list[str]:
                 else np.zeros_like(gt)
         except UnreadableFileError:
             continue
-        stem = Path(f["gt"]).stem
-        stem = stem[: -len(LABEL_SUFFIX)] if stem.endswith(LABEL_SUFFIX) else stem
+        stem = frame_key(f["gt"])
         try:
             image = read_image(images[stem]) if stem in images else np.full((*gt.shape, 3), 96, np.uint8)
         except UnreadableFileError:
@@ -172,12 +170,14 @@ def build_report(pred: str, gt: str, out: str, images: str | None = None, run: s
     frames, confs = stack(report.frames, n)
     if not frames:
         raise UserError(f"no readable ground truth under {gt}: nothing to report")
-    parts = iou_parts(report.confusion)
     frame_miou, _ = per_frame_miou(confs, lanes)
     val_log = _read_jsonl(Path(run) / "metrics.jsonl") if run else []
     train_log = _read_jsonl(Path(run) / "train_log.jsonl") if run else []
     groups = {key: group_scores(frames, confs, key, lanes) for key in ("road", "record", "camera")}
     r = report.results
+    # every number on the page comes from the scorer's results, so the page and `evaluate` agree
+    per_class = {key: np.array([c[key] for c in r["per_class"]], np.float64)
+                 for key in ("iou", "precision", "recall", "gt_pixels")}
     sections = [
         f"<h1>paddle-lane report</h1><p>{html.escape(str(pred))} against {html.escape(str(gt))}, scheme {scheme.name}, "
         f"{len(frames)} frames; made {datetime.now(timezone.utc).isoformat(timespec='seconds')}.</p>",
@@ -191,11 +191,11 @@ def build_report(pred: str, gt: str, out: str, images: str | None = None, run: s
         _table([{"class": x["name"], "IoU": x["iou"], "precision": x["precision"], "recall": x["recall"],
                  "gt pixels": x["gt_pixels"], "pred pixels": x["pred_pixels"]} for x in r["per_class"]],
                ["class", "IoU", "precision", "recall", "gt pixels", "pred pixels"]),
-        _img(figures.class_bars(names, parts["iou"], parts["precision"], parts["recall"]), "per-class bars"),
+        _img(figures.class_bars(names, per_class["iou"], per_class["precision"], per_class["recall"]), "per-class bars"),
         _img(figures.confusion_heatmap(report.confusion, names), "confusion matrix"),
-        _img(figures.iou_vs_frequency(names, parts["iou"], parts["gt_pixels"]), "IoU against frequency"),
+        _img(figures.iou_vs_frequency(names, per_class["iou"], per_class["gt_pixels"]), "IoU against frequency"),
         "<h2>Frames</h2>",
-        _img(figures.miou_histogram(frame_miou, float(mean_iou(parts["iou"]))), "per-frame mIoU"),
+        _img(figures.miou_histogram(frame_miou, r["miou"]), "per-frame mIoU"),
         _img(figures.breakdown(groups), "breakdown by road, record, camera"),
         *(_table(rows, [key, "frames", "miou", "miou_lanes"]) for key, rows in groups.items()),
         f"<h2>The {min(k, len(frames))} worst frames</h2>",

@@ -24,7 +24,7 @@ import numpy as np
 from paddle_lane.core.label_io import read_label
 from paddle_lane.core.labels import Scheme, apply_lut, load_scheme
 from paddle_lane.core.metrics import SegMetric, packed_confusion, pair_code_lut
-from paddle_lane.core.resize import LABEL_RESIZE_RULES, crop_top, resize_label
+from paddle_lane.core.resize import CROP_OFFSET, LABEL_RESIZE_RULES, crop_top, resize_label
 from paddle_lane.inference.geometry import probs_to_ids
 
 MODES = ("area", "nearest") + tuple(f"label-{rule}" for rule in LABEL_RESIZE_RULES)
@@ -121,7 +121,7 @@ def score_shifts(frames: Iterable[tuple[np.ndarray, np.ndarray]], scheme: Scheme
             "best_dy": max(shifts, key=lambda s: (shift_y[s]["miou"], -abs(s)))}
 
 
-def resolution_ceiling(label_paths: Sequence[str | Path], size: tuple[int, int], offset: int = 690,
+def resolution_ceiling(label_paths: Sequence[str | Path], size: tuple[int, int], offset: int = CROP_OFFSET,
                        shifts: Iterable[int] = range(-4, 5), mode: str = "area",
                        scheme: Scheme | str = "apollo8") -> dict:
     """mIoU of a perfect model at a stage size over these labels, with its shift curves
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
     ap.add_argument("--data", required=True, help="folder with pairs.csv (label paths relative to it)")
     ap.add_argument("--sizes", default="768x256,1024x384,1536x512")
     ap.add_argument("--modes", default=",".join(MODES))
-    ap.add_argument("--offset", type=int, default=690)
+    ap.add_argument("--offset", type=int, default=CROP_OFFSET)
     ap.add_argument("--frames", type=int, default=0, help="first N frames (0 = all)")
     args = ap.parse_args(argv)
     data = Path(args.data)

@@ -13,26 +13,11 @@ from pathlib import Path
 
 import numpy as np
 import paddle
-import yaml
 
-from paddle_lane.config import load_config
+from paddle_lane.config import CONFIG_FILE, load_config
 from paddle_lane.core.errors import UserError
+from paddle_lane.inference.export_folder import BACKENDS, DEPLOY_FILE, INT8_FILE, export_formats, read_deploy
 
-DEPLOY_FILE = "deploy.yml"
-CONFIG_FILE = "config.yml"
-BACKENDS = ("onnxruntime", "onnxruntime-int8", "paddle-inference", "dygraph")
-FORMAT_VERSION = 1
-INT8_FILE = "model.int8.onnx"   # beside model.onnx when exported with --quantize int8
-
-
-def export_formats(info: dict | None) -> set[str]:
-    """The graph formats every member of an export holds: {"onnx", "paddle"} or a part of it."""
-    if not info:
-        return {"onnx", "paddle"}
-    held = [set((m.get("files") or {}).keys()) for m in info.get("members", [])]
-    if held and all(held):
-        return set.intersection(*held)
-    return {"onnx": {"onnx"}, "paddle": {"paddle"}}.get(info.get("formats"), {"onnx", "paddle"})
 
 
 def default_backend(info: dict | None = None) -> str:
@@ -69,24 +54,6 @@ def model_identity(export_dir: str | os.PathLike, info: dict | None = None) -> d
     out["members"] = members
     out["deploy_yml_sha256"] = file_digest(export_dir / DEPLOY_FILE)["sha256"]
     return out
-
-
-def read_deploy(export_dir: str | os.PathLike) -> dict:
-    """deploy.yml of an export folder, checked for what loading needs (one-line errors)."""
-    path = Path(export_dir) / DEPLOY_FILE
-    if not path.is_file():
-        raise UserError(f"{export_dir}: not an export folder (no {DEPLOY_FILE}); make one with `paddle-lane export`")
-    try:
-        info = yaml.safe_load(path.read_text())
-    except yaml.YAMLError as exc:
-        raise UserError(f"{path}: unreadable YAML ({str(exc).splitlines()[0]})") from None
-    if not isinstance(info, dict) or info.get("format_version") != FORMAT_VERSION or not info.get("members"):
-        raise UserError(f"{path}: not a paddle-lane deploy file of format_version {FORMAT_VERSION} with members")
-    return info
-
-
-def is_export_dir(path: str | os.PathLike) -> bool:
-    return (Path(path) / DEPLOY_FILE).is_file()
 
 
 class OnnxRunner:

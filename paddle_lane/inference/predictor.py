@@ -23,16 +23,14 @@ import paddle
 import paddle.nn.functional as F
 from tqdm import tqdm
 
-from paddle_lane.config import ConfigError, load_config
+from paddle_lane.config import CONFIG_FILE, ConfigError, load_config
 from paddle_lane.core.label_io import UnreadableFileError, image_size
 from paddle_lane.core.labels import load_scheme
 from paddle_lane.core.procs import loader_worker, watched
-from paddle_lane.core.resize import crop_rows
-from paddle_lane.data.transforms import FULL_SIZE
+from paddle_lane.core.resize import FULL_SIZE, crop_rows
 from paddle_lane.device import select_device
 from paddle_lane.models import build_model
 from paddle_lane.runs.checkpoint import load_weights, read_state, resolve_weights
-from paddle_lane.runs.run_dir import CONFIG_FILE
 
 from paddle_lane.inference.geometry import (  # noqa: F401 (re-exported for callers of the predictor)
     InputKey, Size, inputs_from_array, inputs_from_bytes, inputs_from_file, normalize_weights, normalized_inputs,
@@ -194,17 +192,17 @@ class Predictor:
     def prepare_array(self, rgb_full: np.ndarray) -> list[np.ndarray]:
         """Normalized 3xHxW float32 inputs, one per entry of input_keys."""
         self.check_frame((rgb_full.shape[1], rgb_full.shape[0]), "<frame>")
-        crops = inputs_from_array(rgb_full, self.input_sizes, self.offset_for(rgb_full.shape[0]))
+        crops = inputs_from_array(rgb_full, self.input_sizes, self.rows_cut(rgb_full.shape[0]))
         return normalized_inputs(crops, self.input_sizes, self.input_keys)
 
     def prepare_bytes(self, data, full_size: Size, source: str = "upload") -> list[np.ndarray]:
         """As prepare_file, from an encoded image in memory (the same reduced decode)."""
-        crops = inputs_from_bytes(data, self.input_sizes, self.offset_for(full_size[1]), full_size, source)
+        crops = inputs_from_bytes(data, self.input_sizes, self.rows_cut(full_size[1]), full_size, source)
         return normalized_inputs(crops, self.input_sizes, self.input_keys)
 
     def prepare_file(self, path: str, full_size: Size) -> list[np.ndarray]:
         """As prepare_array, from an image file with training's reduced decode."""
-        crops = inputs_from_file(path, self.input_sizes, self.offset_for(full_size[1]), full_size)
+        crops = inputs_from_file(path, self.input_sizes, self.rows_cut(full_size[1]), full_size)
         return normalized_inputs(crops, self.input_sizes, self.input_keys)
 
     # ------------------------------------------------------------------ forward
@@ -276,13 +274,13 @@ class Predictor:
     def predict_ids(self, rgb_full: np.ndarray) -> np.ndarray:
         """HxW uint8 Apollo ids at the frame's own size: a submission image."""
         full_size = (rgb_full.shape[1], rgb_full.shape[0])
-        return probs_to_ids(self.predict_probs(rgb_full), self.offset_for(full_size[1]), full_size, self.scheme)
+        return probs_to_ids(self.predict_probs(rgb_full), self.rows_cut(full_size[1]), full_size, self.scheme)
 
     def to_train_ids(self, probs: np.ndarray, full_size: Size) -> np.ndarray:
         """Post-processing of predict_batch output: full-size train ids (decode gives Apollo ids)."""
-        return probs_to_train_ids(probs, self.offset_for(full_size[1]), full_size)
+        return probs_to_train_ids(probs, self.rows_cut(full_size[1]), full_size)
 
-    def offset_for(self, height: int) -> int:
+    def rows_cut(self, height: int) -> int:
         """Rows cut from a frame of this height (data.crop_offset scaled from data.frame_height)."""
         return crop_rows(self.offset, self.frame_height, height)
 

@@ -14,19 +14,19 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from paddle_lane.core.apollo_files import LABEL_NAME_SUFFIX, is_image_name, is_label_file
 from paddle_lane.core.io_utils import atomic_path, atomic_write_jpeg, atomic_write_png
 from paddle_lane.core.label_io import UnreadableFileError, image_size, read_image
 from paddle_lane.core.labels import Scheme, known_id_mask, load_scheme
+from paddle_lane.core.resize import FULL_SIZE
 from paddle_lane.core.visual import overlay as overlay_image
-from paddle_lane.data.transforms import FULL_SIZE
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 OVERLAY_DIR = "overlay"
 MAX_NAMES_SHOWN = 5
 
 
 # ----------------------------------------------------------------------------- names
-def output_name(image_path: str, name_suffix: str = "_bin.png") -> str:
+def output_name(image_path: str, name_suffix: str = LABEL_NAME_SUFFIX) -> str:
     """<image stem><suffix>: the name the label of that image would have."""
     return Path(image_path).stem + name_suffix
 
@@ -87,7 +87,7 @@ def write_zip(files: Sequence[Path], zip_path: Path) -> Path:
 
 
 def write_submission(predictor, images: Sequence[tuple[str, str]], out_dir: str | Path,
-                     name_suffix: str = "_bin.png", overlay: bool = False, zip_output: bool = True,
+                     name_suffix: str = LABEL_NAME_SUFFIX, overlay: bool = False, zip_output: bool = True,
                      workers: int = 2, batch_size: int | None = None, num_workers: int | None = None,
                      progress: bool = True) -> dict:
     """Predict every (key, image_path) into out_dir; skip outputs already complete.
@@ -149,7 +149,7 @@ def _predict_and_write(predictor, images, todo, outs, overlays, workers, batch_s
 def _expected_entry(item: str, name_suffix: str) -> tuple[str, tuple[int, int]]:
     """(output name, expected (w, h)) for an image path or a key."""
     p = Path(str(item))
-    if p.suffix.lower() in IMAGE_EXTS or p.is_file():
+    if is_image_name(p) or p.is_file():
         try:
             size = image_size(p) if p.is_file() else FULL_SIZE
         except UnreadableFileError:
@@ -188,7 +188,7 @@ def _names_line(kind: str, names: list[str], what: str) -> str:
     return f"{kind}: {len(names)} {what}: {shown}"
 
 
-def validate_submission(out_dir: str | Path, expected: Sequence[str], name_suffix: str = "_bin.png",
+def validate_submission(out_dir: str | Path, expected: Sequence[str], name_suffix: str = LABEL_NAME_SUFFIX,
                         scheme: Scheme | str = "apollo8", workers: int = 2) -> list[str]:
     """Problems of a submission folder against the test list (image paths or keys); [] = ready."""
     out_dir = Path(out_dir)
@@ -215,14 +215,6 @@ def validate_submission(out_dir: str | Path, expected: Sequence[str], name_suffi
     return problems
 
 
-def is_label_file(path: Path, root: Path) -> bool:
-    """A label of the Apollo tree: a *_bin.png, or anything under a folder named Label,
-    Labels_roadNN, Gray_Label or Label_roadNN (a dataset root holds images and labels together)."""
-    parts = [p.lower() for p in path.relative_to(root).parts[:-1]]
-    return path.name.lower().endswith("_bin.png") or any(
-        p == "label" or p == "gray_label" or p.startswith(("labels_road", "label_road")) for p in parts)
-
-
 def list_images(folder: str | Path, exclude: Sequence[str | Path] = ()) -> list[tuple[str, str]]:
     """(key, path) for every *.jpg/*.jpeg/*.png under folder (recursive), sorted by path; label
     files and the `exclude` folders (the command's own output) are left out, and said so."""
@@ -232,7 +224,7 @@ def list_images(folder: str | Path, exclude: Sequence[str | Path] = ()) -> list[
     excluded = [Path(e).resolve() for e in exclude]
     files, labels, own = [], 0, 0
     for p in sorted(folder.rglob("*")):
-        if not p.is_file() or p.suffix.lower() not in IMAGE_EXTS or p.name.startswith("."):
+        if not p.is_file() or not is_image_name(p) or p.name.startswith("."):
             continue
         if any(p.resolve().is_relative_to(e) for e in excluded):
             own += 1

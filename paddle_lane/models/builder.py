@@ -10,7 +10,7 @@ import paddle
 import paddle.nn as nn
 
 from paddle_lane.models.download import fetch_weights
-from paddle_lane.models.registry import MODELS
+from paddle_lane.models.registry import INITS, MODELS
 
 if TYPE_CHECKING:  # the config layer sits above the models it names
     from paddle_lane.config import ModelConfig
@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # the config layer sits above the models it names
 log = logging.getLogger(__name__)
 
 INITIALIZERS = {"kaiming": nn.initializer.KaimingNormal, "xavier": nn.initializer.XavierUniform}
+assert set(INITIALIZERS) | {"default"} == set(INITS), "models.registry.INITS and INITIALIZERS disagree"
 BN_TYPES = (nn.BatchNorm, nn.BatchNorm1D, nn.BatchNorm2D, nn.BatchNorm3D, nn.SyncBatchNorm)
 
 
@@ -86,7 +87,7 @@ def init_weights(layer: nn.Layer, kind: str) -> None:
     if kind == "default":
         return
     if kind not in INITIALIZERS:
-        raise ValueError(f"model.init must be one of {sorted(INITIALIZERS) + ['default']}, got {kind!r}")
+        raise ValueError(f"model.init must be one of {list(INITS)}, got {kind!r}")
     conv_init, one, zero = INITIALIZERS[kind](), nn.initializer.Constant(1.0), nn.initializer.Constant(0.0)
     for sub in layer.sublayers(include_self=True):
         if isinstance(sub, nn.Conv2D):

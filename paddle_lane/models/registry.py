@@ -53,3 +53,4 @@ class Registry:
 
 MODELS = Registry("model")        # name -> fn(model_cfg, num_classes) -> (network, its backbone or None)
 BACKBONES = Registry("backbone")  # name -> fn(output_stride=8) -> layer with feat_channels, 4 features
+INITS = ("kaiming", "xavier", "default")  # model.init: builder.INITIALIZERS, or each layer's own

@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
-IMAGE_EXTS = (".jpg", ".jpeg", ".png")
-LABEL_SUFFIX = "_bin"
+from paddle_lane.core.apollo_files import frame_key, is_image_name, is_label_name
+
 _ROAD_RE = re.compile(r"road[ _]?0*(\d+)", re.IGNORECASE)
 _RECORD_RE = re.compile(r"^record\s*\d+$", re.IGNORECASE)
 _CAMERA_RE = re.compile(r"^camera[ _]?\d+$", re.IGNORECASE)
@@ -61,10 +61,6 @@ def _is_training_image(path: Path) -> bool:
     return any(p.lower().startswith("colorimage_road") for p in path.parts)
 
 
-def _is_label(path: Path) -> bool:
-    return path.suffix.lower() == ".png" and path.stem.endswith(LABEL_SUFFIX)
-
-
 def _label_rank(path: Path) -> int:
     """Lower is preferred: Gray_Label first, then the older Labels_road tree."""
     return 0 if any(p.lower() == "gray_label" for p in path.parts) else 1
@@ -97,9 +93,9 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None,
         if test_dir is not None and Path(test_dir).resolve() in path.resolve().parents:
             continue
         rel = path.relative_to(root)  # folder names above the data root say nothing about a file
-        if _is_label(path):
-            labels.setdefault(path.stem[: -len(LABEL_SUFFIX)], []).append(path)
-        elif path.suffix.lower() in IMAGE_EXTS and "label" not in str(rel.parent).lower():
+        if is_label_name(path):
+            labels.setdefault(frame_key(path), []).append(path)
+        elif is_image_name(path) and "label" not in str(rel.parent).lower():
             if _is_training_image(rel):
                 if path.stem in images:
                     result.problems.append({"file": str(path), "reason": f"duplicate image key {path.stem} (kept {images[path.stem]})"})
@@ -111,7 +107,7 @@ def scan(root: str | os.PathLike, test_dir: str | os.PathLike | None = None,
         tdir = Path(test_dir).resolve()
         if not tdir.is_dir():
             raise FileNotFoundError(f"test folder not found: {tdir}")
-        tests = [p for p in _walk(tdir, exclude) if p.suffix.lower() in IMAGE_EXTS and not _is_label(p)]
+        tests = [p for p in _walk(tdir, exclude) if is_image_name(p) and not is_label_name(p)]
 
     for key in sorted(images):
         img = images[key]

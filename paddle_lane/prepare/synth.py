@@ -19,10 +19,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from paddle_lane.core.apollo_files import LABEL_NAME_SUFFIX
 from paddle_lane.core.io_utils import atomic_write_bytes
 from paddle_lane.core.labels import IGNORED_ID, NOISE_ID, label_table
+from paddle_lane.core.resize import FULL_SIZE
 
-REAL_WIDTH, REAL_HEIGHT = 3384, 1710
+REAL_WIDTH, REAL_HEIGHT = FULL_SIZE
 HOOD_TOP = 1310 / 1710          # first hood row of the real data, as a fraction of the height
 HORIZON = 0.45                  # vanishing-point row, as a fraction of the height
 CAMERA_HEIGHT_M = 1.5
@@ -525,8 +527,8 @@ def _pair_paths(root: Path, road: str, record: str, camera: str, stem: str) -> d
     cam_file = f"{stem}_{camera.replace(' ', '_')}"
     return {
         "image": root / road / f"ColorImage_{low}" / "ColorImage" / record / camera / f"{cam_file}.jpg",
-        "label": root / "Gray_Label" / f"Label_{low}" / "Label" / record / camera / f"{cam_file}_bin.png",
-        "label_alt": root / road / f"Labels_{low}" / "Label" / record / camera / f"{cam_file}_bin.png",
+        "label": root / "Gray_Label" / f"Label_{low}" / "Label" / record / camera / f"{cam_file}{LABEL_NAME_SUFFIX}",
+        "label_alt": root / road / f"Labels_{low}" / "Label" / record / camera / f"{cam_file}{LABEL_NAME_SUFFIX}",
     }
 
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import yaml
 
+from paddle_lane.config import CONFIG_FILE
 from paddle_lane.core.errors import UserError
 
-CONFIG_FILE = "config.yml"
 # Keys that change how a run is watched or fed, not what it learns: free on resume.
 RUNTIME_KEYS = re.compile(r"^(data\.num_workers|data\.loader_timeout|data\.lists_dir|train\.log_interval|"
                           r"train\.vis_images|train\.output_dir|infer\..*)$")

@@ -79,13 +79,14 @@ def create_app(settings: ServeSettings) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        from paddle_lane.inference.backends import model_identity, read_deploy
+        from paddle_lane.inference.backends import model_identity
+        from paddle_lane.inference.export_folder import read_deploy
         state["info"] = read_deploy(settings.model)
         state["identity"] = await run_in_threadpool(model_identity, settings.model, state["info"])
         if settings.redis:
             from paddle_lane.serve.queue import RedisQueue
             state["queue"] = RedisQueue(settings.redis, settings.max_queue, settings.result_ttl_s, settings.timeout_s)
-            state["geometry"] = _geometry(state["info"])
+            state["rows_cut"] = rows_cut_from_deploy(state["info"])
         else:
             import_runtime_keeping_signals()
             predictor = await run_in_threadpool(load_local_model, settings)
@@ -99,7 +100,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
             batcher = MicroBatcher(run_batch, settings.batch_for(predictor.device), settings.max_wait_ms,
                                    settings.max_queue, on_batch)
             batcher.start()
-            state.update(predictor=predictor, batcher=batcher, geometry=predictor.offset_for)
+            state.update(predictor=predictor, batcher=batcher, rows_cut=predictor.rows_cut)
         state["ready"] = True
         yield
         state["ready"] = False
@@ -184,7 +185,7 @@ def create_app(settings: ServeSettings) -> FastAPI:
         try:
             data = await _read_upload(request, max_bytes, deadline)
             progress["uploaded"] = True
-            full_size = inspect_upload(data, max_bytes, settings.max_pixels, state["geometry"])
+            full_size = inspect_upload(data, max_bytes, settings.max_pixels, state["rows_cut"])
             if state["queue"] is not None:
                 try:
                     return await _via_redis(data, fmt, deadline)
@@ -300,7 +301,7 @@ async def _read_upload(request: Request, max_bytes: int, deadline: float) -> byt
     return data
 
 
-def _geometry(info: dict):
+def rows_cut_from_deploy(info: dict):
     """rows cut from an image of a given height, from deploy.yml (Redis web processes load no model)."""
     from paddle_lane.core.resize import crop_rows
     offset, frame_height = info["input"]["crop_offset"], info["input"]["frame_height"]

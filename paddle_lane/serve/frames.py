@@ -13,6 +13,7 @@ import numpy as np
 from PIL import Image
 
 from paddle_lane.core.label_io import UnreadableFileError, decode_image
+from paddle_lane.core.resize import FULL_SIZE
 
 FORMATS = {"png": "image/png", "json": "application/json", "overlay": "image/jpeg"}
 IMAGE_TYPES = {"JPEG": "image/jpeg", "PNG": "image/png"}
@@ -85,7 +86,7 @@ def class_counts(train_ids: np.ndarray, scheme) -> dict:
 
 # An overlay is for looking at: drawn at most at a competition frame's area (3384 x 1710), so a huge
 # upload costs what a frame costs (a 6000 x 6000 PNG overlay took 1.5 GB and 5.6 s drawn full size).
-OVERLAY_MAX_PIXELS = 3384 * 1710
+OVERLAY_MAX_PIXELS = FULL_SIZE[0] * FULL_SIZE[1]
 
 
 def overlay_size(full_size: tuple[int, int]) -> tuple[int, int]:

@@ -156,7 +156,7 @@ class Worker:
             try:
                 fmt = check_format(fields[b"fmt"].decode())
                 data = fields[b"image"]
-                full_size = inspect_upload(data, int(s.max_upload_mb * 2**20), s.max_pixels, p.offset_for)
+                full_size = inspect_upload(data, int(s.max_upload_mb * 2**20), s.max_pixels, p.rows_cut)
                 inputs = model_inputs(p, data, full_size)
             except BadInput as exc:
                 answered += self.answer(entry_id, rid, exc.status, "application/json", _error_body(exc.message))

@@ -10,7 +10,7 @@ import shutil
 import tempfile
 
 from paddle_lane.core.procs import die_with_parent, port_in_use
-from paddle_lane.inference.backends import read_deploy
+from paddle_lane.inference.export_folder import read_deploy
 from paddle_lane.serve.settings import KEEPALIVE_S, ServeSettings
 
 WORKER_CLASS = "uvicorn_worker.UvicornWorker"
