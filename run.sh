@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # paddle-lane: one entry point. Every verb sets up .venv when it is missing or stale.
-#   ./run.sh setup | demo | test | prepare | train | infer | evaluate | validate | video | visualdl
+#   ./run.sh setup | demo | test | prepare | train | infer | evaluate | check-submission | video | visualdl
 #   ./run.sh report | compare | export | serve | worker | client | doctor
 #   ./run.sh mutate [MODULE ...]   mutation score of the trusted modules (installs requirements-dev.lock)
 # Environment:

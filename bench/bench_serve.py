@@ -200,7 +200,7 @@ def real_images(work: Path, real: Path) -> Path:
 
 
 def bench_checkpoint_submission(work: Path, real: Path, ck: str, rounds: int) -> dict:
-    """`infer --checkpoint CK --tta flip` over the real frames: dygraph vs onnxruntime (cached export),
+    """`infer --model CK --tta flip` over the real frames: dygraph vs onnxruntime (cached export),
     in turns; the first onnxruntime run makes the export."""
     from paddle_lane.cli.commands import run_infer
     images = real_images(work, real)

@@ -277,7 +277,7 @@ def load_config(path: str | os.PathLike | None = None, opts: list[str] | None = 
         _set_path(tree, key, value, source)
     cfg = _build(Config, tree, "", source)
     cfg.source = source
-    validate(cfg)
+    check_config(cfg)
     return cfg
 
 
@@ -375,7 +375,7 @@ def _fail(cfg: Config, key: str, msg: str):
     raise ConfigError(f"{cfg.source}: key '{key}' {msg}")
 
 
-def validate(cfg: Config) -> None:
+def check_config(cfg: Config) -> None:
     """Value checks that types cannot express."""
     def choice(key, value):
         allowed = CHOICES[key]

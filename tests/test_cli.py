@@ -43,7 +43,7 @@ def folders(tmp_path):
 
 def _evaluate(gt, pred, report, *extra: str) -> int:
     return cli.main(["evaluate", "--pred", str(pred), "--gt", str(gt), "--report", str(report),
-                     "--workers", "1", *extra])
+                     "--threads", "1", *extra])
 
 
 # --- evaluate exit codes ---
@@ -224,3 +224,35 @@ def test_run_sh_help_prints_the_usage_only():
     lines = res.stdout.splitlines()
     assert lines[0].startswith("paddle-lane: one entry point") and any("./run.sh setup" in x for x in lines)
     assert not any("set -" in x or "ROOT=" in x for x in lines), lines
+
+
+@pytest.mark.parametrize("argv, dest, value, note", [
+    (["infer", "--checkpoint", "m", "--out", "o"], "model", "m", "note: --checkpoint is now --model"),
+    (["video", "--checkpoint=m", "--input", "v", "--out", "o"], "model", "m", "note: --checkpoint is now --model"),
+    (["export", "--config", "c", "--checkpoint", "m", "--out", "o"], "model", "m", "note: --checkpoint is now --model"),
+    (["evaluate", "--pred", "p", "--gt", "g", "--workers", "3"], "threads", 3, "note: --workers is now --threads"),
+    (["report", "--pred", "p", "--gt", "g", "--out", "r", "--workers", "3"], "threads", 3,
+     "note: --workers is now --threads"),
+    (["compare", "--pred", "a", "--pred", "b", "--gt", "g", "--workers", "3"], "threads", 3,
+     "note: --workers is now --threads"),
+    (["validate", "--out", "o"], "out", "o", "note: `validate` is now `check-submission`"),
+])
+def test_an_old_spelling_still_parses_and_says_its_new_name(argv, dest, value, note):
+    assert getattr(cli.build_parser().parse_args(argv), dest) == value
+    assert cli.renamed_notes(argv) == [note + " (the old name still works)"]
+
+
+@pytest.mark.parametrize("argv", [
+    ["infer", "--model", "m", "--out", "o"], ["evaluate", "--pred", "p", "--gt", "g", "--threads", "3"],
+    ["check-submission", "--out", "o"], ["prepare", "--data-root", "d", "--out", "o", "--workers", "2"],
+    ["serve", "--model", "m", "--workers", "2"],  # processes: --workers keeps its name there
+])
+def test_the_new_spellings_need_no_note(argv):
+    cli.build_parser().parse_args(argv)
+    assert cli.renamed_notes(argv) == []
+
+
+def test_an_old_flag_prints_its_note_once_on_stderr(tmp_path, capsys):
+    code = cli.main(["evaluate", "--pred", str(tmp_path / "none"), "--gt", str(tmp_path / "none"), "--workers", "1"])
+    err = capsys.readouterr().err.splitlines()
+    assert err[0] == "note: --workers is now --threads (the old name still works)" and code == 2

@@ -164,7 +164,7 @@ def test_prepare_infer_and_client_refuse_an_output_folder_in_use(prepared_synth,
             cmd = [sys.executable, "-m", "paddle_lane.cli.main", "prepare", "--data-root", str(raw), "--out", str(out),
                    "--config", str(CONFIG), "--opts", "data.crop_offset=76", "data.frame_height=192"]
         elif verb == "infer":
-            cmd = [sys.executable, "-m", "paddle_lane.cli.main", "infer", "--config", str(CONFIG), "--checkpoint",
+            cmd = [sys.executable, "-m", "paddle_lane.cli.main", "infer", "--config", str(CONFIG), "--model",
                    str(tmp_path / "no_such_ckpt"), "--list", str(lists / "val.csv"), "--out", str(out)]
         else:  # refused before the (unreachable) service is asked anything
             cmd = [sys.executable, "-m", "paddle_lane.cli.main", "client", "--url", "http://127.0.0.1:9", "--list",

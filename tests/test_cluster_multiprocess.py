@@ -86,7 +86,7 @@ def test_validation_of_two_processes_scores_the_saved_checkpoint(prepared_synth,
     assert record["ranks"] == 2
     pred = tmp_path / "pred"
     opts = two_stage_opts(lists, unbroken)
-    res = subprocess.run(cli("infer", "--config", str(CONFIG), "--checkpoint", str(unbroken / "stage1" / "best"),
+    res = subprocess.run(cli("infer", "--config", str(CONFIG), "--model", str(unbroken / "stage1" / "best"),
                              "--list", str(lists / "val.csv"), "--out", str(pred), "--tta", "none", "--no-zip",
                              "--device", "cpu", "--opts", *opts), env=ENV, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr[-3000:]

@@ -156,11 +156,11 @@ def test_a_failed_self_check_keeps_nothing(cfg, ckpt, frames, tmp_path, monkeypa
 def test_export_cli_and_its_errors(cfg, ckpt, tmp_path, capsys):
     from paddle_lane.config import save_config
     save_config(cfg, tmp_path / "c.yml")
-    rc = cli.main(["export", "--config", str(tmp_path / "c.yml"), "--checkpoint", str(ckpt), "--format", "onnx",
+    rc = cli.main(["export", "--config", str(tmp_path / "c.yml"), "--model", str(ckpt), "--format", "onnx",
                    "--out", str(tmp_path / "e")])
     out = capsys.readouterr().out
     assert rc == 0 and "self-check onnxruntime: max |p diff|" in out and (tmp_path / "e" / "members" / "0" / "model.onnx").is_file()
-    assert cli.main(["export", "--config", str(tmp_path / "c.yml"), "--checkpoint", str(tmp_path / "nope"),
+    assert cli.main(["export", "--config", str(tmp_path / "c.yml"), "--model", str(tmp_path / "nope"),
                      "--out", str(tmp_path / "f")]) == 2
     assert "nope" in capsys.readouterr().err
     with pytest.raises(UserError, match="not an export folder"):
@@ -172,7 +172,7 @@ def test_export_cli_and_its_errors(cfg, ckpt, tmp_path, capsys):
 # ----------------------------------------------------------------------------- infer from an export
 @pytest.mark.parametrize("source", ["synthetic", "real"])
 def test_infer_from_an_export_writes_the_checkpoints_submission(source, cfg, tmp_path, tmp_path_factory):
-    """The submission from `infer --checkpoint EXPORT` (onnxruntime) equals the one from the checkpoint."""
+    """The submission from `infer --model EXPORT` (onnxruntime) equals the one from the checkpoint."""
     if source == "real":
         data = real_data_or_skip()
         import pandas as pd
@@ -220,7 +220,7 @@ def test_sharded_infer_over_two_processes_equals_one(exported, frames, tmp_path)
         os.symlink(frames[i % len(frames)], folder / f"f{i}.jpg")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     env.pop("PADDLE_LANE_LAUNCHED", None)
-    run = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "infer", "--checkpoint", str(out), "--images",
+    run = subprocess.run([sys.executable, "-m", "paddle_lane.cli.main", "infer", "--model", str(out), "--images",
                           str(folder), "--out", str(tmp_path / "sharded"), "--nproc", "2"],
                          capture_output=True, text=True, timeout=300, env=env, cwd=str(ROOT))
     assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-2000:]
@@ -262,7 +262,7 @@ def test_member_labels_name_the_architecture(opts, label):
 
 
 def test_video_from_an_export(exported, frames, tmp_path, capsys):
-    """`video --checkpoint EXPORT` (no --config): every frame of the input comes out annotated."""
+    """`video --model EXPORT` (no --config): every frame of the input comes out annotated."""
     import cv2
     out, _ = exported
     src = tmp_path / "in.mp4"

@@ -1,4 +1,4 @@
-"""`infer --checkpoint CKPT --backend onnxruntime`: the checkpoint is exported once into a cache keyed by
+"""`infer --model CKPT --backend onnxruntime`: the checkpoint is exported once into a cache keyed by
 its SHA-256 and the export options, reused by the next run, and another checkpoint gets its own entry."""
 from __future__ import annotations
 

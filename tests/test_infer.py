@@ -374,9 +374,9 @@ def test_commands_infer_validate_evaluate(ckpt, data, tmp_path, capsys):
     assert commands.run_infer(str(CONFIG), OPTS, str(ckpt), None, str(test_dir), None, str(out),
                               tta_flip=True, scales="1.0", overlay=False, no_zip=False, device="cpu") == 0
     assert "validation: OK" in capsys.readouterr().out
-    assert commands.run_validate(str(out), str(test_dir), str(CONFIG), OPTS) == 0
+    assert commands.run_check_submission(str(out), str(test_dir), str(CONFIG), OPTS) == 0
     next(out.glob("*.png")).unlink()
-    assert commands.run_validate(str(out), str(test_dir), str(CONFIG), OPTS) == 1
+    assert commands.run_check_submission(str(out), str(test_dir), str(CONFIG), OPTS) == 1
 
     lst = tmp_path / "val.csv"
     pd.DataFrame(data["pairs"])[["image", "label", "key"]].to_csv(lst, index=False)
@@ -384,7 +384,7 @@ def test_commands_infer_validate_evaluate(ckpt, data, tmp_path, capsys):
     assert commands.run_infer(str(CONFIG), OPTS, str(ckpt), None, None, str(lst), str(pred_dir),
                               None, None, False, True, "cpu") == 0
     assert not zip_path_for(pred_dir).exists()
-    assert commands.run_validate(str(pred_dir), str(lst), str(CONFIG), OPTS) == 0
+    assert commands.run_check_submission(str(pred_dir), str(lst), str(CONFIG), OPTS) == 0
     assert commands.run_evaluate(str(pred_dir), str(lst), "apollo8", 1, str(tmp_path / "scores")) == 0
     assert "mIoU (8 classes)" in capsys.readouterr().out
     assert (tmp_path / "scores" / "scores.json").exists()
@@ -401,7 +401,7 @@ def test_commands_reject_bad_arguments(tmp_path):
     with pytest.raises(FileNotFoundError, match="image folder not found"):
         commands.images_from(str(tmp_path / "nope"), None)
     with pytest.raises(FileNotFoundError, match="not a folder or a list CSV"):
-        commands.run_validate(str(tmp_path), str(tmp_path / "nope.csv"))
+        commands.run_check_submission(str(tmp_path), str(tmp_path / "nope.csv"))
 
 
 # ----------------------------------------------------------------------------- inputs a user points at
@@ -431,7 +431,7 @@ def test_infer_on_a_dataset_root_writes_one_mask_per_image(ckpt, data, tmp_path)
     """`infer --images DATASET_ROOT` (labels beside images) predicts the images only."""
     root = Path(data["root"])
     out = tmp_path / "sub"
-    code = cli.main(["infer", "--config", str(CONFIG), "--checkpoint", str(ckpt), "--images", str(root),
+    code = cli.main(["infer", "--config", str(CONFIG), "--model", str(ckpt), "--images", str(root),
                      "--out", str(out), "--no-zip", "--opts", *OPTS])
     assert code == 0
     assert sorted(p.name for p in out.glob("*.png")) == sorted(Path(p).stem + "_bin.png" for p in root.rglob("*.jpg"))
@@ -485,7 +485,7 @@ def runs(tmp_path_factory):
 
 
 def test_ensemble_of_two_architectures_writes_a_valid_submission(runs, test_images, tmp_path, capsys):
-    """The README's recipe: --checkpoint RUN_A/stage0/best,RUN_B/stage0/best --weights 2,1 with a
+    """The README's recipe: --model RUN_A/stage0/best,RUN_B/stage0/best --weights 2,1 with a
     --config whose model is neither; each member is built from its own run's config.yml."""
     (ckpt_a, cfg_a, _), (ckpt_b, cfg_b, _) = runs["a"], runs["b"]
     test_dir = Path(test_images[0][1]).parent

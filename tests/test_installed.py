@@ -88,7 +88,7 @@ def test_wheel_in_a_fresh_venv_runs_the_deployment_chain(installed):
     best = work / "run" / "stage0" / "best"
     assert best.is_dir(), sorted(p.name for p in (work / "run").rglob("*"))
 
-    run([cli, "export", "--config", work / "run" / "config.yml", "--checkpoint", best, "--out", "export"], work, env)
+    run([cli, "export", "--config", work / "run" / "config.yml", "--model", best, "--out", "export"], work, env)
     assert (work / "export" / "deploy.yml").is_file()
 
     port = free_port()
@@ -121,5 +121,5 @@ def test_wheel_in_a_fresh_venv_runs_the_deployment_chain(installed):
     assert server.returncode == 0, (work / "serve.log").read_text()[-3000:]
     assert len(list((work / "served").glob("*.png"))) == len(val) - 1
 
-    scores = run([cli, "evaluate", "--pred", "served", "--gt", "prep/val.csv", "--workers", "1"], work, env).stdout
+    scores = run([cli, "evaluate", "--pred", "served", "--gt", "prep/val.csv", "--threads", "1"], work, env).stdout
     assert "mIoU" in scores, scores

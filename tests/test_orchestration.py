@@ -164,7 +164,7 @@ def test_retrained_weights_at_the_same_path_are_another_submission(prepared_synt
     Trainer(load_config(CONFIG, tiny_train_opts(lists, run, iters=2, val_interval=2)), quiet=True).run()
     best = run / "stage0" / "best"
     sub = tmp_path / "sub"
-    args = ["infer", "--config", str(run / "config.yml"), "--checkpoint", str(best), "--list", str(lists / "val.csv"),
+    args = ["infer", "--config", str(run / "config.yml"), "--model", str(best), "--list", str(lists / "val.csv"),
             "--out", str(sub), "--tta", "none", "--no-zip"]
     assert cli.main(args) == 0
     masks = {p.name: p.read_bytes() for p in sub.glob("*.png")}

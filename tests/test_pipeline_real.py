@@ -40,7 +40,7 @@ infer: {{num_workers: 2}}
     records = [json.loads(x) for x in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in records] == [0, 1, 2, 3] and all(r["frames"] == 7 for r in records)
     sub = tmp_path / "sub"
-    _cli("infer", "--config", str(tmp_path / "run" / "config.yml"), "--checkpoint",
+    _cli("infer", "--config", str(tmp_path / "run" / "config.yml"), "--model",
          str(tmp_path / "run" / "stage3" / "best"), "--list", str(tmp_path / "prep" / "val.csv"), "--out", str(sub),
          "--scales", "1", "--opts", "infer.flip=false")
     _cli("evaluate", "--pred", str(sub), "--gt", str(tmp_path / "prep" / "val.csv"))

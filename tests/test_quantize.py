@@ -149,7 +149,7 @@ def test_a_drop_over_the_bound_is_refused_in_one_line(setup, tmp_path, capsys):
     cfg_file = tmp_path / "c.yml"
     from paddle_lane.config import save_config
     save_config(cfg, cfg_file)
-    rc = cli.main(["export", "--config", str(cfg_file), "--checkpoint", str(ck), "--format", "onnx",
+    rc = cli.main(["export", "--config", str(cfg_file), "--model", str(ck), "--format", "onnx",
                    "--out", str(tmp_path / "e"), "--quantize", "int8", "--calib", str(lists / "train.csv"),
                    "--calib-frames", "2", "--max-drop", "-1"])
     err = capsys.readouterr().err.strip().splitlines()

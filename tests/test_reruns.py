@@ -112,7 +112,7 @@ def test_inference_into_a_used_folder_follows_its_manifest(prepared_synth, tmp_p
     sub = tmp_path / "sub"
 
     def infer(ckpt, *flags):
-        return cli.main(["infer", "--config", str(a / "config.yml"), "--checkpoint", str(ckpt / "stage0" / "best"),
+        return cli.main(["infer", "--config", str(a / "config.yml"), "--model", str(ckpt / "stage0" / "best"),
                          "--list", str(lists / "val.csv"), "--out", str(sub), "--tta", "none", *flags])
 
     assert infer(a) == 0
@@ -130,7 +130,7 @@ def test_inference_into_a_used_folder_follows_its_manifest(prepared_synth, tmp_p
 
 
 def test_unknown_tta_value_is_refused(tmp_path, capsys):
-    code = cli.main(["infer", "--config", str(CONFIG), "--checkpoint", str(tmp_path), "--images", str(tmp_path),
+    code = cli.main(["infer", "--config", str(CONFIG), "--model", str(tmp_path), "--images", str(tmp_path),
                      "--out", str(tmp_path / "o"), "--tta", "flp"])
     assert code == 2
     assert "unknown value 'flp'; choose from ['flip', 'none']" in capsys.readouterr().err
@@ -263,7 +263,7 @@ def test_inference_killed_at_ten_points_always_completes(prepared_synth, tmp_pat
     sub = tmp_path / "sub"
     all_list = tmp_path / "all.csv"
     pd.concat([pd.read_csv(lists / "train.csv"), pd.read_csv(lists / "val.csv")]).to_csv(all_list, index=False)
-    cmd = [sys.executable, "-m", "paddle_lane.cli.main", "infer", "--config", str(run / "config.yml"), "--checkpoint",
+    cmd = [sys.executable, "-m", "paddle_lane.cli.main", "infer", "--config", str(run / "config.yml"), "--model",
            str(run / "stage0" / "best"), "--list", str(all_list), "--out", str(sub), "--tta", "flip",
            "--scales", "0.75,1,1.25", "--opts", "infer.num_workers=2"]
     rng = random.Random(1)
@@ -297,7 +297,7 @@ def test_temp_files_of_a_killed_infer_are_removed_and_never_scored(prepared_synt
     run = tmp_path / "run"
     Trainer(load_config(CONFIG, tiny_train_opts(lists, run, iters=2, val_interval=2)), quiet=True).run()
     sub = tmp_path / "sub"
-    args = ["infer", "--config", str(run / "config.yml"), "--checkpoint", str(run / "stage0" / "best"),
+    args = ["infer", "--config", str(run / "config.yml"), "--model", str(run / "stage0" / "best"),
             "--list", str(lists / "val.csv"), "--out", str(sub), "--tta", "none"]
     assert cli.main(args) == 0
     stale = sub / f".{next(sub.glob('*.png')).name}.k2j3h4.png"  # what atomic_path leaves when killed

@@ -27,11 +27,11 @@ def test_validation_equals_infer_then_evaluate(prepared_synth, tmp_path):
     Trainer(load_config(CONFIG, opts), quiet=True).run()
     record = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     sub = tmp_path / "sub"
-    code = cli.main(["infer", "--config", str(run / "config.yml"), "--checkpoint", str(run / "stage0" / "best"),
+    code = cli.main(["infer", "--config", str(run / "config.yml"), "--model", str(run / "stage0" / "best"),
                      "--list", str(lists / "val.csv"), "--out", str(sub), "--scales", "1", "--no-zip",
                      "--opts", "infer.flip=false", "infer.num_workers=0", "infer.batch_size=1"])
     assert code == 0
-    code = cli.main(["evaluate", "--pred", str(sub), "--gt", str(lists / "val.csv"), "--workers", "1"])
+    code = cli.main(["evaluate", "--pred", str(sub), "--gt", str(lists / "val.csv"), "--threads", "1"])
     assert code == 0
     scores = json.loads((sub / "scores.json").read_text())["results"]
     assert record["miou"] == pytest.approx(scores["miou"], abs=1e-4)

@@ -61,22 +61,22 @@ def describe(predictor) -> str:
 
 
 def export_dir_of(checkpoints: str) -> Path | None:
-    """The export folder when --checkpoint names one (deploy.yml inside), else None."""
+    """The export folder when --model names one (deploy.yml inside), else None."""
     from paddle_lane.inference.export_folder import is_export_dir
     ckpts = split_list(checkpoints)
     if any(is_export_dir(c) for c in ckpts):
         if len(ckpts) != 1:
-            raise ValueError(f"--checkpoint {checkpoints!r}: an export folder comes alone (an exported ensemble "
+            raise ValueError(f"--model {checkpoints!r}: an export folder comes alone (an exported ensemble "
                              "is made by `paddle-lane export` from several checkpoints)")
         return Path(ckpts[0])
     return None
 
 
 def config_for(config: str | None, opts: list[str] | None, checkpoints: str):
-    """--config, else the config.yml inside an export folder given as --checkpoint."""
+    """--config, else the config.yml inside an export folder given as --model."""
     export = export_dir_of(checkpoints)
     if config is None and export is None:
-        raise ValueError("--config is required unless --checkpoint is an export folder (made by `paddle-lane export`)")
+        raise ValueError("--config is required unless --model is an export folder (made by `paddle-lane export`)")
     return load_config(config or export / CONFIG_FILE, opts)
 
 
@@ -166,7 +166,7 @@ def finish_sharded(config: str | None, opts, checkpoints: str, images_dir, list_
     return rc or (1 if ranks_rc else 0)
 
 
-def run_validate(out: str, images: str, config: str | None = None, opts: list[str] | None = None) -> int:
+def run_check_submission(out: str, images: str, config: str | None = None, opts: list[str] | None = None) -> int:
     """Check a submission folder against the test images (a folder or a list CSV); 0 when no problem."""
     from paddle_lane.inference.submission import validate_submission
     cfg = load_config(config, opts)

@@ -37,6 +37,31 @@ def _add_config_args(p: argparse.ArgumentParser, required: bool = False) -> None
                    help="config overrides, e.g. train.seed=1 stages.0.batch_size=4")
 
 
+def _add_scoring_args(p: argparse.ArgumentParser) -> None:
+    """The scoring verbs take no config, so the scheme is a flag here (data.scheme elsewhere)."""
+    p.add_argument("--scheme", default="apollo8", help="label scheme (data.scheme of the verbs that take a config)")
+    p.add_argument("--threads", "--workers", dest="threads", type=int, default=2,
+                   help="threads reading and scoring PNGs (--workers always counts processes)")
+
+
+# Old spellings that still work, each with a one-line note: verb -> {old flag: new flag}, old verb -> new verb.
+RENAMED_FLAGS = {
+    **dict.fromkeys(("infer", "video", "export"), {"--checkpoint": "--model"}),
+    **dict.fromkeys(("evaluate", "report", "compare"), {"--workers": "--threads"}),
+}
+RENAMED_VERBS = {"validate": "check-submission"}
+
+
+def renamed_notes(argv: list[str]) -> list[str]:
+    """One note per old verb or flag spelling the command line uses."""
+    words = [w.split("=", 1)[0] for w in argv]
+    verb = next((w for w in words if not w.startswith("-")), "")
+    notes = [f"note: `{verb}` is now `{RENAMED_VERBS[verb]}` (the old name still works)"] if verb in RENAMED_VERBS else []
+    renamed = RENAMED_FLAGS.get(verb, {})
+    notes += [f"note: {w} is now {renamed[w]} (the old name still works)" for w in dict.fromkeys(words) if w in renamed]
+    return notes
+
+
 def cmd_prepare(args, argv) -> int:
     from paddle_lane.core.folder_lock import hold_folder
     from paddle_lane.prepare.pipeline import prepare, summary_table
@@ -284,14 +309,14 @@ def cmd_infer(args, argv) -> int:
         from pathlib import Path
         Path(args.out).mkdir(parents=True, exist_ok=True)
         rc = _launch_distributed(args, argv, log_dir=str(Path(args.out).parent / f".{Path(args.out).name}.launch_logs"))
-        return finish_sharded(args.config, args.opts, args.checkpoint, args.images, args.list, args.out,
+        return finish_sharded(args.config, args.opts, args.model, args.images, args.list, args.out,
                               args.no_zip, rc)
     shard = None
     if sharded:
         import paddle.distributed as dist
         shard = (dist.ParallelEnv().rank, dist.ParallelEnv().world_size)
     device = f"gpu:{gpus[0]}" if len(gpus) == 1 else ("gpu" if gpus else args.device)
-    return run_infer(args.config, args.opts, checkpoints=args.checkpoint, weights=args.weights,
+    return run_infer(args.config, args.opts, checkpoints=args.model, weights=args.weights,
                      images_dir=args.images, list_csv=args.list, out=args.out, tta_flip=_tta_flip(args),
                      scales=args.scales, overlay=args.overlay, no_zip=args.no_zip, device=device,
                      overwrite=args.overwrite, member_configs=args.member_configs, backend=args.backend,
@@ -303,7 +328,7 @@ def cmd_export(args, argv) -> int:
     from paddle_lane.deploy.export import export_model, format_export
     cfg = load_config(args.config, args.opts)
     configs = split_list(args.member_configs) or None
-    info = export_model(cfg, split_list(args.checkpoint), parse_floats(args.weights, "weights"), flip=_tta_flip(args),
+    info = export_model(cfg, split_list(args.model), parse_floats(args.weights, "weights"), flip=_tta_flip(args),
                         formats=args.format, out=args.out, member_configs=configs, samples=split_list(args.sample),
                         force=args.force, quantize=args.quantize, calib=args.calib, calib_frames=args.calib_frames,
                         calib_method=args.calib_method, max_drop=args.max_drop)
@@ -323,7 +348,7 @@ def _serve_settings(args):
 def cmd_report(args, argv) -> int:
     from paddle_lane.evaluation.report import build_report
     res = build_report(args.pred, args.gt, args.out, images=args.images, run=args.run, scheme_name=args.scheme,
-                       k=args.worst, workers=args.workers)
+                       k=args.worst, workers=args.threads)
     print(f"report: {res['out']} ({res['frames']} frames, {res['figures']} figures, {res['bytes'] / 1e6:.1f} MB; "
           f"mIoU {res['miou']:.4f})")
     return 0
@@ -334,7 +359,7 @@ def cmd_compare(args, argv) -> int:
     from paddle_lane.evaluation.scorer import score_folders
     if len(args.pred) != 2:
         raise UserError(f"compare needs exactly two --pred folders (A then B), got {len(args.pred)}")
-    reports = [score_folders(p, args.gt, args.scheme, workers=args.workers) for p in args.pred]
+    reports = [score_folders(p, args.gt, args.scheme, workers=args.threads) for p in args.pred]
     conf_a, conf_b, _ = paired_frames(*reports)
     res = bootstrap(conf_a, conf_b, args.n, args.seed, reports[0].results["lane_classes"])
     print(format_comparison(res, reports[0].class_names, args.pred[0], args.pred[1]))
@@ -363,19 +388,19 @@ def cmd_client(args, argv) -> int:
                       no_zip=args.no_zip, overwrite=args.overwrite)
 
 
-def cmd_validate(args, argv) -> int:
-    from paddle_lane.cli.commands import run_validate
-    return run_validate(args.out, args.images or args.list, args.config, args.opts)
+def cmd_check_submission(args, argv) -> int:
+    from paddle_lane.cli.commands import run_check_submission
+    return run_check_submission(args.out, args.images or args.list, args.config, args.opts)
 
 
 def cmd_video(args, argv) -> int:
     from paddle_lane.cli.commands import run_video
-    return run_video(args.config, args.opts, args.checkpoint, args.input, args.out, args.device, backend=args.backend)
+    return run_video(args.config, args.opts, args.model, args.input, args.out, args.device, backend=args.backend)
 
 
 def cmd_evaluate(args, argv) -> int:
     from paddle_lane.cli.commands import run_evaluate
-    return run_evaluate(args.pred, args.gt, args.scheme, args.workers, args.report, allow_partial=args.allow_partial)
+    return run_evaluate(args.pred, args.gt, args.scheme, args.threads, args.report, allow_partial=args.allow_partial)
 
 
 def cmd_doctor(args, argv) -> int:
@@ -419,8 +444,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("infer", help="predict full-size submission PNGs (TTA, ensembles)")
     _add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint folder(s) or .pdparams, comma-separated for an "
-                   "ensemble; or an export folder (paddle-lane export), which needs no --config")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True,
+                   help="checkpoint folder(s) or .pdparams, comma-separated for an ensemble; or an export folder "
+                        "(paddle-lane export), which needs no --config")
     p.add_argument("--backend", choices=BACKENDS,
                    help="an export folder's default: onnxruntime on CPU, paddle-inference on GPU; checkpoints: dygraph, "
                         "or onnxruntime / paddle-inference through an export made once and cached")
@@ -440,16 +466,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", choices=["cpu", "gpu"])
     p.set_defaults(func=cmd_infer)
 
-    p = sub.add_parser("validate", help="check a submission folder (count, names, size, dtype, ids)")
+    p = sub.add_parser("check-submission", aliases=["validate"],
+                       help="check a submission folder (count, names, size, dtype, ids)")
     p.add_argument("--out", required=True, help="submission folder")
     p.add_argument("--images", help="folder of the test images the submission answers")
     p.add_argument("--list", help="or a list CSV of them")
     _add_config_args(p)
-    p.set_defaults(func=cmd_validate)
+    p.set_defaults(func=cmd_check_submission)
 
     p = sub.add_parser("video", help="overlay predictions on a road video, frame by frame")
     _add_config_args(p)
-    p.add_argument("--checkpoint", required=True, help="checkpoint(s), or an export folder")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True, help="checkpoint(s), or an export folder")
     p.add_argument("--backend", choices=BACKENDS, help="for an export folder")
     p.add_argument("--input", required=True)
     p.add_argument("--out", required=True)
@@ -459,8 +486,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="leaderboard scoring of a prediction folder against ground truth")
     p.add_argument("--pred", required=True, help="folder of predicted id PNGs")
     p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs, or a list CSV with a label column")
-    p.add_argument("--scheme", default="apollo8")
-    p.add_argument("--workers", type=int, default=2)
+    _add_scoring_args(p)
     p.add_argument("--report", help="folder for scores.csv / scores.json (default: the --pred folder)")
     p.add_argument("--allow-partial", action="store_true",
                    help="exit 0 even when predictions are missing, unreadable or the wrong size "
@@ -469,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("export", help="checkpoint(s) -> a self-checked export folder (ONNX and/or Paddle static graph)")
     _add_config_args(p, required=True)
-    p.add_argument("--checkpoint", required=True, help="checkpoint(s), comma-separated for an ensemble")
+    p.add_argument("--model", "--checkpoint", dest="model", required=True,
+                   help="checkpoint(s), comma-separated for an ensemble")
     p.add_argument("--weights", help="ensemble weights, comma-separated (default: equal)")
     p.add_argument("--member-configs", help="config per checkpoint, comma-separated (default: each run's config.yml)")
     p.add_argument("--tta", help="'flip' or 'none': recorded in deploy.yml as the served default")
@@ -534,8 +561,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--run", help="training run folder (metrics.jsonl, train_log.jsonl) for the curves")
     p.add_argument("--out", required=True, help="the HTML file to write, e.g. report.html")
     p.add_argument("--worst", type=int, default=6, help="how many worst frames to show")
-    p.add_argument("--scheme", default="apollo8")
-    p.add_argument("--workers", type=int, default=2)
+    _add_scoring_args(p)
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("compare", help="paired bootstrap: is B's gain over A real?")
@@ -543,8 +569,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gt", required=True, help="folder of ground-truth label PNGs")
     p.add_argument("--n", type=int, default=2000, help="bootstrap resamples")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--scheme", default="apollo8")
-    p.add_argument("--workers", type=int, default=2)
+    _add_scoring_args(p)
     p.add_argument("--json", help="also write the numbers to this JSON file")
     p.set_defaults(func=cmd_compare)
 
@@ -572,6 +597,8 @@ def main(argv: list[str] | None = None) -> int:
         from paddle_lane.core.procs import die_with_parent
         die_with_parent()  # a rank dies with paddle.distributed.launch, however that ends
     args = build_parser().parse_args(argv)
+    for note in renamed_notes(argv):
+        print(note, file=sys.stderr)
     debug = debug_requested(args)
     if args.verb != "train":  # only training turns SIGTERM into a checkpoint; elsewhere it ends the process
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})

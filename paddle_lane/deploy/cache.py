@@ -1,4 +1,4 @@
-"""Checkpoints on an exported backend (`infer --checkpoint RUN/stageN/best --backend onnxruntime`):
+"""Checkpoints on an exported backend (`infer --model RUN/stageN/best --backend onnxruntime`):
 exported once, self-checked like any export, into a cache folder keyed by what the graphs are made
 of (each checkpoint's SHA-256, its model section, size and mean/std, the ensemble weights, the
 format, the ONNX opset and the exporter's versions), then reused. Another checkpoint, or the same
