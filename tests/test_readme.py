@@ -1,7 +1,8 @@
-"""The README's commands, as written there: every `./run.sh VERB ...` parses with the options it
-shows, every documented script exists, and the documented chain (prepare -> train -> resume ->
-infer with a two-model ensemble -> validate -> evaluate -> export -> infer from the export ->
-validate -> report -> compare) runs on synthetic data with tiny settings. A documented command that breaks fails here."""
+"""The documented commands, as written in README.md and the docs/ pages: every `./run.sh VERB ...`
+parses with the options it shows, every documented script exists, and the documented chain
+(prepare -> train -> resume -> infer with a two-model ensemble -> validate -> evaluate -> export ->
+infer from the export -> validate -> report -> compare) runs on synthetic data with tiny settings.
+A documented command that breaks fails here, and so does a relative link to a missing file."""
 from __future__ import annotations
 
 import py_compile
@@ -14,13 +15,17 @@ import pytest
 from conftest import ROOT
 from paddle_lane.cli import main as cli
 
-README = (ROOT / "README.md").read_text()
+# The documented text, in reading order: the chain below takes each verb's first command in this order
+DOC_FILES = ("README.md", "docs/get_started.md", "docs/config.md", "docs/train.md", "docs/infer.md",
+             "docs/evaluate.md", "docs/deploy.md", "docs/extend.md", "docs/testing.md")
+DOC_TEXT = "\n".join((ROOT / name).read_text() for name in DOC_FILES if (ROOT / name).is_file())
+LINK = re.compile(r"\]\(([^)\s]+)\)")
 RUN_SH_VERBS = ("setup", "test", "help", "mutate")  # handled by run.sh itself, not by the Python CLI
 
 
 def documented_commands() -> list[str]:
-    """Commands of the README: indented code lines (with `\\` continuations) and inline `...`."""
-    cmds, lines = [], README.splitlines()
+    """Commands of the documented text: indented code lines (with `\\` continuations), then inline `...`."""
+    cmds, lines = [], DOC_TEXT.splitlines()
     i = 0
     while i < len(lines):
         line = lines[i]
@@ -31,13 +36,37 @@ def documented_commands() -> list[str]:
                 cmd = cmd[:-1] + " " + lines[i].strip()
             cmds.append(re.sub(r"\s+#.*$", "", cmd))
         i += 1
-    cmds += re.findall(r"`(\./run\.sh [^`]+)`", README)
+    cmds += re.findall(r"`(\./run\.sh [^`]+)`", DOC_TEXT)
     return cmds
 
 
 def tokens(cmd: str) -> list[str]:
-    """Shell words with the README's [optional] brackets opened (their content is shown too)."""
+    """Shell words with the documentation's [optional] brackets opened (their content is shown too)."""
     return shlex.split(cmd.replace("[", "").replace("]", ""))
+
+
+def test_every_documented_file_exists():
+    missing = [name for name in DOC_FILES if not (ROOT / name).is_file()]
+    assert not missing, f"documented pages missing: {missing}"
+
+
+def test_readme_is_a_front_door():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    assert len(lines) <= 150, f"README.md has {len(lines)} lines; move the detail into docs/"
+
+
+def test_every_relative_link_points_to_a_file():
+    pages = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+    checked, broken = 0, []
+    for page in pages:
+        for target in LINK.findall(page.read_text()):
+            if target.startswith(("http://", "https://", "#", "mailto:")):
+                continue
+            checked += 1
+            if not (page.parent / target.split("#", 1)[0]).exists():
+                broken.append(f"{page.relative_to(ROOT)}: {target}")
+    assert checked >= len(DOC_FILES), checked  # every page links back to the README at least
+    assert not broken, broken
 
 
 def test_every_documented_run_sh_command_parses():
@@ -52,7 +81,7 @@ def test_every_documented_run_sh_command_parses():
         try:
             parser.parse_args(words)
         except SystemExit as exc:
-            pytest.fail(f"README command does not parse ({exc}): {cmd}")
+            pytest.fail(f"documented command does not parse ({exc}): {cmd}")
 
 
 def test_every_documented_script_exists_and_compiles():
@@ -75,7 +104,7 @@ infer: {{num_workers: 0}}
 
 
 def test_the_documented_chain_runs(tmp_path, monkeypatch):
-    """The README's own command lines, in order, with DATA / FILE / the recipe config pointed at
+    """The documented command lines, in order, with DATA / FILE / the recipe config pointed at
     tiny synthetic equivalents (relative output folders land in a temp folder), succeed."""
     from paddle_lane.prepare.synth import make_dataset
     monkeypatch.chdir(tmp_path)
