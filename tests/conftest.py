@@ -1,15 +1,47 @@
-"""Shared fixtures: a small synthetic dataset prepared once per session."""
+"""Shared fixtures and helpers: a small synthetic dataset prepared once per session, a free
+loopback port, a grey label PNG, and a checkpoint of a freshly initialised model."""
 from __future__ import annotations
 
 import os
+import socket
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[1]
 REAL_DATA = ROOT.parent / "shared" / "apollo_dev"
 
 os.environ.setdefault("OMP_NUM_THREADS", "2")
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def write_gray(path: str | Path, ids: np.ndarray) -> Path:
+    """ids as a one-channel 8-bit PNG (an Apollo grey label or a submission file); parents made."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.ascontiguousarray(ids, np.uint8), "L").save(path)
+    return path
+
+
+def random_checkpoint(model_cfg, path: Path, size: tuple[int, int], seed: int | None = None,
+                      num_classes: int = 8) -> Path:
+    """A checkpoint folder at path: a freshly initialised model (seeded when seed is given) whose
+    state.json says it was trained at size (w, h)."""
+    import paddle
+
+    from paddle_lane.models import build_model
+    from paddle_lane.runs.checkpoint import save_checkpoint
+    if seed is not None:
+        paddle.seed(seed)
+    return save_checkpoint(path, build_model(model_cfg, num_classes), state={"stage": 0, "size": list(size)})
 
 
 # A lite model at 128x48 on 384x192 frames (76 rows cut, as 690 of 1710): exports and servers in tests

@@ -16,12 +16,10 @@ from pathlib import Path
 import paddle
 import pytest
 
-from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT
+from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT, random_checkpoint
 from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
 from paddle_lane.deploy import export as exp
-from paddle_lane.models import build_model
-from paddle_lane.runs.checkpoint import save_checkpoint
 from test_serve import assets, free_port, start, stop, wait_ready  # noqa: F401 (assets: a fixture)
 
 SIZE = (128, 48)
@@ -33,7 +31,7 @@ def _export(base: Path, name: str, seed: int, sample: str) -> dict:
     the served ONNX file's SHA-256, hashed here from the files themselves."""
     cfg = load_config(CONFIG, OPTS)
     paddle.seed(seed)
-    ck = save_checkpoint(base / f"run_{name}" / "best", build_model(cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
+    ck = random_checkpoint(cfg.model, base / f"run_{name}" / "best", SIZE)
     save_config(cfg, base / f"run_{name}" / "config.yml")
     out = base / f"export_{name}"
     exp.export_model(cfg, [str(ck)], formats="onnx", out=out, samples=[sample])

@@ -16,7 +16,6 @@ import runpy
 import shlex
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,8 @@ from pathlib import Path
 
 import pytest
 import yaml
+
+from conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEPLOY = ROOT / "deploy"
@@ -799,12 +800,6 @@ def app_from_env():
         await send({"type": "http.response.body", "body": scope["path"].encode()})
     return app
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_gunicorn_runs_with_the_conf(tmp_path):

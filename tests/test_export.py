@@ -14,7 +14,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT, real_data_or_skip
+from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT, real_data_or_skip, random_checkpoint
 from paddle_lane.cli import main as cli
 from paddle_lane.cli import commands
 from paddle_lane.config import load_config
@@ -24,9 +24,7 @@ from paddle_lane.deploy import export as exp
 from paddle_lane.inference.backends import export_predictor
 from paddle_lane.inference.export_folder import read_deploy
 from paddle_lane.inference.predictor import Predictor
-from paddle_lane.models import build_model
 from paddle_lane.prepare.synth import make_dataset
-from paddle_lane.runs.checkpoint import save_checkpoint
 
 W, H, OFFSET = 384, 192, 76
 SIZE = (128, 48)
@@ -43,9 +41,8 @@ def cfg():
 
 
 def checkpoint(cfg, folder, seed, **model):
-    paddle.seed(seed)
-    net = build_model(load_config(CONFIG, OPTS + [f"model.{k}={v}" for k, v in model.items()]).model, 8)
-    return save_checkpoint(folder / "best", net, state={"stage": 0, "size": list(SIZE)})
+    overrides = [f"model.{k}={v}" for k, v in model.items()]
+    return random_checkpoint(load_config(CONFIG, OPTS + overrides).model, folder / "best", SIZE, seed)
 
 
 @pytest.fixture(scope="module")
@@ -107,7 +104,7 @@ def test_deeplab_exports_as_one_full_graph(cfg, frames, tmp_path):
     opts = ["model.name=deeplabv3p", "model.backbone=ResNet18_vd", "model.output_stride=8"]
     dl_cfg = load_config(CONFIG, OPTS + opts)
     paddle.seed(1)
-    ck = save_checkpoint(tmp_path / "dl" / "best", build_model(dl_cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
+    ck = random_checkpoint(dl_cfg.model, tmp_path / "dl" / "best", SIZE)
     info = exp.export_model(dl_cfg, [str(ck)], formats="onnx", out=tmp_path / "dl_export", samples=frames[:1])
     assert sorted(info["self_check"]["backends"]) == ["onnxruntime"]
     assert sorted(p.name for p in (tmp_path / "dl_export" / "members" / "0").iterdir()) == ["model.onnx"]
@@ -193,7 +190,7 @@ def test_infer_from_an_export_writes_the_checkpoints_submission(source, cfg, tmp
     from paddle_lane.config import save_config
     paddle.seed(3)
     size = (run_cfg.stages[0].width, run_cfg.stages[0].height)
-    ck = save_checkpoint(tmp_path / "run" / "best", build_model(run_cfg.model, 8), state={"stage": 0, "size": list(size)})
+    ck = random_checkpoint(run_cfg.model, tmp_path / "run" / "best", size)
     save_config(run_cfg, tmp_path / "run" / "config.yml")
     exp.export_model(run_cfg, [str(ck)], formats="both", out=tmp_path / "export", samples=images[:1])
     assert commands.run_infer(str(tmp_path / "run" / "config.yml"), [], str(ck), None, str(folder), None,
@@ -239,7 +236,7 @@ def test_a_converter_crash_is_one_line_and_keeps_nothing(frames, tmp_path):
     cfg = load_config(CONFIG, OPTS + ["model.name=paddleseg", "model.type=PPLiteSeg", "model.backbone={type: STDC1}",
                                       "model.init=default"])
     paddle.seed(0)
-    ck = save_checkpoint(tmp_path / "pp" / "best", build_model(cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
+    ck = random_checkpoint(cfg.model, tmp_path / "pp" / "best", SIZE)
     with pytest.raises(UserError, match=r"ONNX conversion of .*model.json failed \((killed by SIG|exit code).*"
                                         r"--format paddle"):
         exp.export_model(cfg, [str(ck)], formats="onnx", out=tmp_path / "pp_onnx", samples=frames[:1])

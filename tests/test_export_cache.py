@@ -9,15 +9,13 @@ import paddle
 import pytest
 from PIL import Image
 
-from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS
+from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, random_checkpoint
 from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
 from paddle_lane.core.label_io import image_size
 from paddle_lane.deploy import export as exp
 from paddle_lane.inference.predictor import Predictor
-from paddle_lane.models import build_model
 from paddle_lane.prepare.synth import make_dataset
-from paddle_lane.runs.checkpoint import save_checkpoint
 
 SIZE = (128, 48)
 
@@ -30,8 +28,7 @@ def setup(tmp_path, monkeypatch):
     runs = {}
     for name, seed in (("a", 1), ("b", 2)):
         paddle.seed(seed)
-        runs[name] = save_checkpoint(tmp_path / name / "best", build_model(cfg.model, 8),
-                                     state={"stage": 0, "size": list(SIZE)})
+        runs[name] = random_checkpoint(cfg.model, tmp_path / name / "best", SIZE)
         save_config(cfg, tmp_path / name / "config.yml")
     info = make_dataset(tmp_path / "raw", roads=("Road02",), records_per_road=1, frames_per_record=2,
                         cameras=("Camera 5",), width=384, height=192, seed=5)
@@ -83,7 +80,7 @@ def test_the_cache_is_made_once_reused_and_keyed_by_the_checkpoint(setup, capsys
 
     # the same path trained further is another checkpoint by content: the key changes
     paddle.seed(9)
-    save_checkpoint(runs["a"], build_model(cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
+    random_checkpoint(cfg.model, runs["a"], SIZE)
     assert infer(tmp_path, runs["a"], images, "sub_a3") == 0
     assert len(calls) == 3 and calls[2] not in (entry, calls[1])
 

@@ -16,7 +16,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from conftest import ROOT
+from conftest import ROOT, random_checkpoint
 from paddle_lane.cli import main as cli
 from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
@@ -58,9 +58,7 @@ def data(tmp_path_factory):
 @pytest.fixture(scope="module")
 def ckpt(cfg, tmp_path_factory):
     """A lite-model checkpoint whose state.json says it was trained at SIZE."""
-    paddle.seed(0)
-    model = build_model(cfg.model, 8)
-    return save_checkpoint(tmp_path_factory.mktemp("ckpt") / "best", model, state={"stage": 0, "size": list(SIZE)})
+    return random_checkpoint(cfg.model, tmp_path_factory.mktemp("ckpt") / "best", SIZE, seed=0)
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,6 +16,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conftest import free_port
 
 from test_packaging import build_wheel, source_copy
 
@@ -34,12 +35,6 @@ def run(argv: list, cwd: Path, env: dict, timeout: float = STEP_TIMEOUT) -> subp
     result = subprocess.run([str(a) for a in argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{' '.join(map(str, argv))} -> {result.returncode}\n{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
     return result
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,8 @@ import cv2
 import numpy as np
 import pandas as pd
 import pytest
-from PIL import Image
 
+from conftest import write_gray
 from paddle_lane.cli import main as cli
 from paddle_lane.config import load_config
 from paddle_lane.core.label_io import read_image, read_label
@@ -65,10 +65,6 @@ def lists(out: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def problems(out: Path) -> pd.DataFrame:
     return pd.read_csv(out / "problems.csv")
-
-
-def write_gray(path, ids: np.ndarray) -> None:
-    Image.fromarray(np.ascontiguousarray(ids, np.uint8), "L").save(path)
 
 
 def write_jpeg(path, rgb: np.ndarray) -> None:

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from PIL import Image
 
-from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT
+from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT, random_checkpoint
 from paddle_lane.cli import main as cli
 from paddle_lane.cli import commands
 from paddle_lane.config import load_config
@@ -29,8 +29,6 @@ from paddle_lane.deploy import export as exp
 from paddle_lane.inference.backends import export_predictor
 from paddle_lane.inference.export_folder import read_deploy
 from paddle_lane.inference.predictor import Predictor
-from paddle_lane.models import build_model
-from paddle_lane.runs.checkpoint import save_checkpoint
 
 SIZE = (128, 48)
 LISTS_OPTS = ["data.crop_offset=76", "data.frame_height=192"]
@@ -43,7 +41,7 @@ def setup(prepared_synth, tmp_path_factory):
     cfg = load_config(CONFIG, OPTS + [f"data.lists_dir={lists}"])
     base = tmp_path_factory.mktemp("quant")
     paddle.seed(3)
-    ck = save_checkpoint(base / "run" / "best", build_model(cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
+    ck = random_checkpoint(cfg.model, base / "run" / "best", SIZE)
     return cfg, ck, lists, base
 
 

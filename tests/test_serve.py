@@ -18,24 +18,16 @@ import paddle
 import pytest
 from PIL import Image
 
-from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT
+from conftest import EXPORT_CONFIG as CONFIG, EXPORT_OPTS as OPTS, ROOT, free_port, random_checkpoint
 from paddle_lane.cli import commands
 from paddle_lane.config import load_config, save_config
 from paddle_lane.core.procs import die_with_parent, wait_http_ready
 from paddle_lane.deploy import export as exp
-from paddle_lane.models import build_model
 from paddle_lane.prepare.synth import make_dataset
-from paddle_lane.runs.checkpoint import save_checkpoint
 
 W, H, OFFSET = 384, 192, 76
 SIZE = (128, 48)
 START_TIMEOUT = 120
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def child_setup() -> None:
@@ -75,7 +67,7 @@ def assets(tmp_path_factory):
     base = tmp_path_factory.mktemp("serve")
     cfg = load_config(CONFIG, OPTS)
     paddle.seed(4)
-    ck = save_checkpoint(base / "run" / "best", build_model(cfg.model, 8), state={"stage": 0, "size": list(SIZE)})
+    ck = random_checkpoint(cfg.model, base / "run" / "best", SIZE)
     save_config(cfg, base / "run" / "config.yml")
     info = make_dataset(base / "raw", roads=("Road02",), records_per_road=1, frames_per_record=4,
                         cameras=("Camera 5",), width=W, height=H, seed=12)

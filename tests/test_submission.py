@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from conftest import write_gray
 from paddle_lane.core.apollo_files import is_label_file
 from paddle_lane.core.labels import known_id_mask, load_scheme
 from paddle_lane.inference import submission as sub
@@ -22,12 +23,6 @@ def write_jpg(path: Path, w: int, h: int) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(np.full((h, w, 3), 90, np.uint8)).save(path, quality=90)
     return str(path)
-
-
-def write_gray(path: Path, arr: np.ndarray) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path)
-    return path
 
 
 class HalvesPredictor:

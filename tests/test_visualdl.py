@@ -4,19 +4,12 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
 
-from conftest import ROOT
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from conftest import ROOT, free_port
 
 
 def test_visualdl_serves_training_scalars(tmp_path):
@@ -25,7 +18,7 @@ def test_visualdl_serves_training_scalars(tmp_path):
     with LogWriter(logdir=str(logdir)) as w:
         for step in range(3):
             w.add_scalar("train/loss", 1.0 / (step + 1), step)
-    port = _free_port()
+    port = free_port()
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.Popen([sys.executable, "-m", "paddle_lane.cli.main", "visualdl", "--logdir", str(logdir),
                              "--port", str(port)], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
