@@ -1,7 +1,7 @@
 """The documented commands, as written in README.md and the docs/ pages: every `./run.sh VERB ...`
 parses with the options it shows, every documented script exists, and the documented chain
-(prepare -> train -> resume -> infer with a two-model ensemble -> validate -> evaluate -> export ->
-infer from the export -> validate -> report -> compare) runs on synthetic data with tiny settings.
+(prepare -> train -> resume -> infer with a two-model ensemble -> check-submission -> evaluate -> export ->
+infer from the export -> check-submission -> report -> compare) runs on synthetic data with tiny settings.
 A documented command that breaks fails here, and so does a relative link to a missing file."""
 from __future__ import annotations
 
@@ -130,13 +130,13 @@ def test_the_documented_chain_runs(tmp_path, monkeypatch):
     assert cli.main(["train", "--config", str(unet)]) == 0
     # predict every frame of the dataset root (the walk skips the label trees), so evaluate has all
     assert run(by_verb["infer"][0], **{"DATA/TestSet": "DATA"}) == 0
-    assert run(by_verb["validate"][0], **{"submissions/NAME": "submissions/r50_unet", "DIR": "DATA"}) == 0
+    assert run(by_verb["check-submission"][0], **{"submissions/NAME": "submissions/r50_unet", "DIR": "DATA"}) == 0
     assert run(by_verb["evaluate"][0]) == 0
     # export the first run, then a submission from the export (no --config)
     assert run(by_verb["export"][0]) == 0
     from_export = next(w for w in by_verb["infer"] if "exports/r50" in w and "--nproc" not in w)
     assert run(from_export, **{"DATA/TestSet": "DATA"}) == 0
-    assert run(by_verb["validate"][0], **{"submissions/NAME": "submissions/r50_export", "DIR": "DATA"}) == 0
+    assert run(by_verb["check-submission"][0], **{"submissions/NAME": "submissions/r50_export", "DIR": "DATA"}) == 0
     # what to fix next, and whether the ensemble beats the single exported model
     assert run(by_verb["report"][0], **{"DATA/Gray_Label": "DATA"}) == 0
     assert Path("report.html").stat().st_size > 10_000
