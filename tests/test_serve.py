@@ -196,7 +196,7 @@ def test_overload_is_503_with_retry_after_and_slow_answers_are_504(assets, tmp_p
     """A one-slot queue under 12 concurrent uploads refuses some with 503 + Retry-After; a
     service whose answer time limit is shorter than a forward pass says 504; neither stops it."""
     from fastapi.testclient import TestClient
-    from paddle_lane.serve import app as app_module
+    from paddle_lane.serve import service as service_module
     from paddle_lane.serve.app import create_app
     from paddle_lane.serve.settings import ServeSettings
     slow = ServeSettings(model=str(assets["export"]), max_batch=1, max_wait_ms=0, max_queue=1, timeout_s=30)
@@ -209,7 +209,7 @@ def test_overload_is_503_with_retry_after_and_slow_answers_are_504(assets, tmp_p
         assert set(codes) <= {200, 503} and 503 in codes and 200 in codes, codes
         assert all(r.headers["retry-after"] == "1" and "overloaded" in r.json()["error"] for r in got if r.status_code == 503)
         assert client.post("/v1/segment", files={"image": ("a.jpg", path.read_bytes())}).status_code == 200
-    real_load = app_module.load_local_model
+    real_load = service_module.load_local_model
 
     def slow_model(settings):  # a forward pass of 1 s, longer than the 0.4 s answer time
         predictor = real_load(settings)
@@ -217,7 +217,7 @@ def test_overload_is_503_with_retry_after_and_slow_answers_are_504(assets, tmp_p
         predictor.predict_batch = lambda inputs: (time.sleep(1.0), fast(inputs))[1]
         return predictor
 
-    monkeypatch.setattr(app_module, "load_local_model", slow_model)
+    monkeypatch.setattr(service_module, "load_local_model", slow_model)
     hasty = ServeSettings(model=str(assets["export"]), timeout_s=0.4)
     with TestClient(create_app(hasty)) as client:
         t0 = time.monotonic()
