@@ -152,12 +152,13 @@ def test_debug_shows_the_traceback_of_user_errors(monkeypatch, capsys, how):
 # --- --gpus ---
 
 def test_parse_gpus():
-    assert cli.parse_gpus(None) == []
-    assert cli.parse_gpus("3") == [3]
-    assert cli.parse_gpus("0, 1,2,3") == [0, 1, 2, 3]
+    from paddle_lane.cli.launch import parse_gpus
+    assert parse_gpus(None) == []
+    assert parse_gpus("3") == [3]
+    assert parse_gpus("0, 1,2,3") == [0, 1, 2, 3]
     for bad in ["", "a", "1,,2", "-1", "gpu:3", "1,1"]:
         with pytest.raises(UserError, match="--gpus"):
-            cli.parse_gpus(bad)
+            parse_gpus(bad)
 
 
 @pytest.mark.skipif(CUDA_BUILD, reason="checks the message of a CPU-only Paddle build")
