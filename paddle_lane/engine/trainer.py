@@ -10,7 +10,7 @@ import signal
 import sys
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -63,6 +63,60 @@ class StageResult:
     stopped_early: bool
     best_dir: str
     validated: bool = True  # False: no val frames, "best" is the last iteration
+
+
+@dataclass
+class StageParts:
+    """What one stage trains: the model, the network stepped (all outputs, data-parallel across
+    ranks), its loss, LR schedule, optimiser and fp16 loss scaler."""
+    model: object
+    net: object
+    loss_fn: object
+    lr: IterLR
+    optimizer: object
+    scaler: object | None
+
+
+@dataclass
+class StageProgress:
+    """Where a stage stands: its iteration and its record so far, as a checkpoint's state holds them."""
+    stage: int
+    iters: int
+    size: list
+    it: int = 0
+    best: float = -math.inf
+    best_iter: int = -1
+    bad_vals: int = 0  # validations since the last gain (train.patience)
+    # (loss, terms) since the last train_log.jsonl line; kept in checkpoints, so the first line
+    # after a resume averages the same iterations as the unbroken run's
+    window: list = field(default_factory=list)
+    stopped_early: bool = False
+
+    @classmethod
+    def resumed(cls, stage_idx: int, st, resume_state: dict | None) -> "StageProgress":
+        """A stage from its start, or from a checkpoint's state."""
+        progress = cls(stage_idx, st.iters, [st.width, st.height])
+        if resume_state is not None:
+            progress.it, progress.best = resume_state["iter"], resume_state["best_miou"]
+            progress.best_iter, progress.bad_vals = resume_state["best_iter"], resume_state["bad_vals"]
+            progress.window = [tuple(x) for x in resume_state.get("log_window", [])]
+        return progress
+
+    def state(self, lr_now: float, **extra) -> dict:
+        """The checkpoint state of this moment."""
+        return {"stage": self.stage, "iter": self.it, "lr": lr_now,
+                "best_miou": self.best if math.isfinite(self.best) else -1.0, "best_iter": self.best_iter,
+                "bad_vals": self.bad_vals, "stage_done": self.it >= self.iters, "size": self.size,
+                "log_window": self.window, **extra}
+
+    def record_validation(self, miou: float, validated: bool) -> bool:
+        """Whether this validation is the new best; without val frames every one is (best = last)."""
+        improved = miou > self.best if validated else True
+        if improved:
+            self.best, self.best_iter, self.bad_vals = miou, self.it, 0
+        else:
+            self.bad_vals += 1
+        return improved
 
 
 def load_stats(cfg: Config) -> dict:
@@ -335,8 +389,54 @@ class Trainer:
         load_weights(model, source)
 
     def run_stage(self, stage_idx: int, resume_state: dict | None, resume_dir: Path | None) -> StageResult:
-        cfg, st = self.cfg, self.cfg.stages[stage_idx]
+        st = self.cfg.stages[stage_idx]
         stage_dir = self.out / f"stage{stage_idx}"
+        parts = self._stage_parts(stage_idx, resume_dir)
+        progress = StageProgress.resumed(stage_idx, st, resume_state)
+        if resume_state is not None:
+            load_optimizer_state(parts.model, parts.optimizer, resume_dir / "optimizer.pdopt")
+            parts.lr.set_state_dict({"last_epoch": resume_state["iter"], "last_lr": resume_state["lr"]})
+        loader, sampler, n_train, source = self._train_loader(stage_idx, progress.it)
+        val = self._val_predictor(parts.model, (st.width, st.height)) if self.val_df is not None else None
+        if self.main and not self.quiet:
+            print(f"stage {stage_idx}: {st.width}x{st.height}, batch {st.batch_size} x {self.world} rank(s), "
+                  f"{st.iters} iters, lr {st.lr}, {n_train} train / "
+                  f"{len(self.val_df) if self.val_df is not None else 0} val frames, "
+                  f"cache {'on' if source.cache_folder else 'off'}")
+        frozen = self.cfg.model.freeze_backbone_iters > progress.it
+        if frozen or parts.model.backbone is not None:  # a model without a backbone (BiSeNetV2) has nothing to unfreeze
+            set_backbone_trainable(parts.model, not frozen)
+        bar = tqdm(total=st.iters, initial=progress.it, desc=f"stage {stage_idx}",
+                   disable=not self.main or self.quiet, dynamic_ncols=True)
+        parts.net.train()
+        awaited = self._stall_description(progress, sampler, n_train)
+        batches = start_loader(loader)  # workers forked with SIGTERM/SIGINT held (they ignore both)
+        stream = watched(batches, self.cfg.data.loader_timeout, awaited,
+                         f"checkpoints are kept in {self.out}; continue with: {self.resume_hint}",
+                         on_signal=lambda signum: self._stop_while_stalled(
+                             signum, stage_dir, parts.model, parts.optimizer, progress.state(parts.lr.last_lr)))
+        try:
+            self._train_iterations(stream, parts, progress, val, stage_dir, bar, frozen)
+        finally:
+            stream.close()
+            bar.close()
+            shutdown = getattr(batches, "_try_shutdown_all", None)
+            if shutdown is not None:  # early stop or error: release the loader's worker processes
+                shutdown()
+        if self.main and progress.stopped_early:
+            # mark the stage finished so --resume moves on to the next stage
+            last = list_checkpoints(self.out)[-1]
+            save_checkpoint(last, parts.model, parts.optimizer,
+                            {**read_state(last), "stage_done": True, "stopped_early": True})
+        if self.world > 1:
+            dist.barrier()
+        return StageResult(stage_idx, progress.best, progress.best_iter, progress.it, progress.stopped_early,
+                           str(stage_dir / "best"), val is not None)
+
+    def _stage_parts(self, stage_idx: int, resume_dir: Path | None) -> StageParts:
+        """The model (from the checkpoint resumed, else the stage's start weights), its loss,
+        schedule and optimiser."""
+        cfg, st = self.cfg, self.cfg.stages[stage_idx]
         model = self._build_model()
         if resume_dir is not None:
             load_weights(model, resume_dir)
@@ -348,104 +448,80 @@ class Trainer:
         lr = IterLR(st.iters, st.lr, cfg.schedule)
         optimizer = build_optimizer(model.parameters(), cfg.optimizer, lr)
         scaler = paddle.amp.GradScaler(init_loss_scaling=2.0 ** 15) if self.amp == "float16" else None
+        return StageParts(model, net, loss_fn, lr, optimizer, scaler)
 
-        it, best, best_iter, bad_vals = 0, -math.inf, -1, 0
-        if resume_state is not None:
-            load_optimizer_state(model, optimizer, resume_dir / "optimizer.pdopt")
-            lr.set_state_dict({"last_epoch": resume_state["iter"], "last_lr": resume_state["lr"]})
-            it, best_iter, bad_vals = resume_state["iter"], resume_state["best_iter"], resume_state["bad_vals"]
-            best = resume_state["best_miou"]
-
-        loader, sampler, n_train, source = self._train_loader(stage_idx, it)
-        val = self._val_predictor(model, (st.width, st.height)) if self.val_df is not None else None
-        if self.main and not self.quiet:
-            print(f"stage {stage_idx}: {st.width}x{st.height}, batch {st.batch_size} x {self.world} rank(s), "
-                  f"{st.iters} iters, lr {st.lr}, {n_train} train / "
-                  f"{len(self.val_df) if self.val_df is not None else 0} val frames, "
-                  f"cache {'on' if source.cache_folder else 'off'}")
-        frozen = cfg.model.freeze_backbone_iters > it
-        if frozen or model.backbone is not None:  # a model without a backbone (BiSeNetV2) has nothing to unfreeze
-            set_backbone_trainable(model, not frozen)
-        bar = tqdm(total=st.iters, initial=it, desc=f"stage {stage_idx}", disable=not self.main or self.quiet,
-                   dynamic_ncols=True)
-        stopped_early = False
-        net.train()
-        expected = iter(sampler)  # the same batches as the loader's, to name what a stall waits for
+    def _stall_description(self, progress: StageProgress, sampler, n_train: int):
+        """What a stalled loader was fetching: the frames of the batch the loop waits for."""
+        expected = iter(sampler)  # the same batches as the loader's
         keys = self.train_df["key"].astype(str).tolist()
 
         def awaited(_k: int) -> str:
             frames = [keys[g % n_train] for g in next(expected, [])]
-            return (f"stage {stage_idx} iteration {it + 1}/{st.iters}: waiting for a batch of "
+            return (f"stage {progress.stage} iteration {progress.it + 1}/{progress.iters}: waiting for a batch of "
                     f"{', '.join(frames[:4])}{' ...' if len(frames) > 4 else ''}")
+        return awaited
 
-        def state_now(**extra) -> dict:
-            return {"stage": stage_idx, "iter": it, "lr": lr.last_lr,
-                    "best_miou": best if math.isfinite(best) else -1.0, "best_iter": best_iter,
-                    "bad_vals": bad_vals, "stage_done": it >= st.iters, "size": [st.width, st.height],
-                    "log_window": window, **extra}
+    def _train_iterations(self, stream, parts: StageParts, progress: StageProgress, val, stage_dir: Path, bar,
+                          frozen: bool) -> None:
+        """The loop: fetch, step, log; validate or checkpoint when due; stop on a signal or early."""
+        cfg = self.cfg
+        t_fetch = self._since_val = time.perf_counter()
+        self._last_save = time.monotonic()
+        self._stop_if_signalled(stage_dir, parts.model, parts.optimizer, progress.state(parts.lr.last_lr))
+        for images, labels in stream:
+            t_data = time.perf_counter() - t_fetch
+            if frozen and progress.it >= cfg.model.freeze_backbone_iters:
+                set_backbone_trainable(parts.model, True)
+                frozen = False
+            t0 = time.perf_counter()
+            labels = labels.astype("int64")
+            reseed(cfg.train.seed, progress.stage, progress.it, self.rank)  # resumable at any iteration, bit for bit
+            loss_value, terms, cur_lr = self._step(parts.net, parts.loss_fn, parts.optimizer, parts.lr, parts.scaler,
+                                                   images, labels, progress.stage, progress.it)
+            progress.it += 1
+            self._record_step(progress, bar, int(images.shape[0]), loss_value, terms, cur_lr, t_data,
+                              time.perf_counter() - t0)
+            if self._validate_or_checkpoint(parts, progress, val, stage_dir, loss_value):
+                return  # early stop
+            self._stop_if_signalled(stage_dir, parts.model, parts.optimizer, progress.state(parts.lr.last_lr))
+            t_fetch = time.perf_counter()
 
-        # (loss, terms) since the last train_log.jsonl line; kept in checkpoints, so the first line
-        # after a resume averages the same iterations as the unbroken run's
-        window: list = [tuple(x) for x in resume_state.get("log_window", [])] if resume_state else []
-        batches = start_loader(loader)  # workers forked with SIGTERM/SIGINT held (they ignore both)
-        stream = watched(batches, cfg.data.loader_timeout, awaited,
-                         f"checkpoints are kept in {self.out}; continue with: {self.resume_hint}",
-                         on_signal=lambda signum: self._stop_while_stalled(signum, stage_dir, model, optimizer,
-                                                                          state_now()))
-        try:
-            t_fetch = self._since_val = time.perf_counter()
-            self._last_save = time.monotonic()
-            self._stop_if_signalled(stage_dir, model, optimizer, state_now())
-            for images, labels in stream:
-                t_data = time.perf_counter() - t_fetch
-                if frozen and it >= cfg.model.freeze_backbone_iters:
-                    set_backbone_trainable(model, True)
-                    frozen = False
-                t0 = time.perf_counter()
-                labels = labels.astype("int64")
-                reseed(cfg.train.seed, stage_idx, it, self.rank)  # resumable at any iteration, bit for bit
-                loss_value, terms, cur_lr = self._step(net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx, it)
-                it += 1
-                self.history.append((stage_idx, it, loss_value))
-                t_compute = time.perf_counter() - t0
-                ips = int(images.shape[0]) * self.world / max(t_data + t_compute, 1e-9)
-                self.monitor.train_step(stage_idx, it, loss_value, terms, cur_lr, ips, t_data, t_compute)
-                window.append((loss_value, terms))
-                if it % cfg.train.log_interval == 0 or it == st.iters:
-                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", ips=f"{ips:.1f}")
-                    self._log_train(stage_idx, it, window, cur_lr)
-                    window = []
-                bar.update(1)
-                if validates_at(it, st.iters, cfg.train.val_interval):
-                    self._share_rank0_statistics(model)
-                    miou = self.validate(net, val, stage_idx, it)
-                    improved = miou > best if val is not None else True
-                    best, best_iter, bad_vals = (miou, it, 0) if improved else (best, best_iter, bad_vals + 1)
-                    state = state_now(val_miou=miou, loss=loss_value)
-                    self._save(stage_dir, model, optimizer, state, improved)
-                    net.train()
-                    if cfg.train.patience and bad_vals >= cfg.train.patience and it < st.iters:
-                        stopped_early = True
-                        if self.main and not self.quiet:
-                            print(f"\nearly stop: no improvement in {bad_vals} validations (best {best:.4f} at {best_iter})")
-                        break
-                elif self._checkpoint_due(it):  # a killed run loses minutes, not a validation interval
-                    self._save(stage_dir, model, optimizer, state_now(loss=loss_value), improved=False)
-                self._stop_if_signalled(stage_dir, model, optimizer, state_now())
-                t_fetch = time.perf_counter()
-        finally:
-            stream.close()
-            bar.close()
-            shutdown = getattr(batches, "_try_shutdown_all", None)
-            if shutdown is not None:  # early stop or error: release the loader's worker processes
-                shutdown()
-        if self.main and stopped_early:
-            # mark the stage finished so --resume moves on to the next stage
-            last = list_checkpoints(self.out)[-1]
-            save_checkpoint(last, model, optimizer, {**read_state(last), "stage_done": True, "stopped_early": True})
-        if self.world > 1:
-            dist.barrier()
-        return StageResult(stage_idx, best, best_iter, it, stopped_early, str(stage_dir / "best"), val is not None)
+    def _record_step(self, progress: StageProgress, bar, batch: int, loss_value: float, terms: dict, cur_lr: float,
+                     t_data: float, t_compute: float) -> None:
+        """The step's loss to the history, VisualDL and the progress bar; a train_log.jsonl line per interval."""
+        stage_idx, it = progress.stage, progress.it
+        self.history.append((stage_idx, it, loss_value))
+        ips = batch * self.world / max(t_data + t_compute, 1e-9)
+        self.monitor.train_step(stage_idx, it, loss_value, terms, cur_lr, ips, t_data, t_compute)
+        progress.window.append((loss_value, terms))
+        if it % self.cfg.train.log_interval == 0 or it == progress.iters:
+            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{cur_lr:.2e}", ips=f"{ips:.1f}")
+            self._log_train(stage_idx, it, progress.window, cur_lr)
+            progress.window = []
+        bar.update(1)
+
+    def _validate_or_checkpoint(self, parts: StageParts, progress: StageProgress, val, stage_dir: Path,
+                                loss_value: float) -> bool:
+        """Validate and checkpoint when due (plan.validates_at), else checkpoint when due; True
+        when the stage stops early (train.patience validations without a gain)."""
+        train, it = self.cfg.train, progress.it
+        if validates_at(it, progress.iters, train.val_interval):
+            self._share_rank0_statistics(parts.model)
+            miou = self.validate(parts.net, val, progress.stage, it)
+            improved = progress.record_validation(miou, validated=val is not None)
+            state = progress.state(parts.lr.last_lr, val_miou=miou, loss=loss_value)
+            self._save(stage_dir, parts.model, parts.optimizer, state, improved)
+            parts.net.train()
+            if train.patience and progress.bad_vals >= train.patience and it < progress.iters:
+                progress.stopped_early = True
+                if self.main and not self.quiet:
+                    print(f"\nearly stop: no improvement in {progress.bad_vals} validations "
+                          f"(best {progress.best:.4f} at {progress.best_iter})")
+                return True
+        elif self._checkpoint_due(it):  # a killed run loses minutes, not a validation interval
+            self._save(stage_dir, parts.model, parts.optimizer, progress.state(parts.lr.last_lr, loss=loss_value),
+                       improved=False)
+        return False
 
     def _step(self, net, loss_fn, optimizer, lr, scaler, images, labels, stage_idx: int, it: int):
         """Forward, loss, backward, optimiser and LR step; stops the run on a NaN or exploding loss."""
