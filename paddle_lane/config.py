@@ -387,6 +387,18 @@ def check_config(cfg: Config) -> None:
         section, name = key.split(".")
         choice(key, getattr(getattr(cfg, section), name))
     _validate_model(cfg)
+    _check_loss_and_stages(cfg)
+    for key, ok, msg in _range_checks(cfg):
+        if not ok:
+            _fail(cfg, key, msg)
+    try:
+        from paddle_lane.core.labels import load_scheme
+        load_scheme(cfg.data.scheme)
+    except ValueError as exc:
+        _fail(cfg, "data.scheme", f"is not usable: {exc}")
+
+
+def _check_loss_and_stages(cfg: Config) -> None:
     for i, term in enumerate(cfg.loss):
         if term.type not in CHOICES["loss.type"]:
             _fail(cfg, f"loss.{i}.type", f"must be one of {list(CHOICES['loss.type'])}, got {term.type!r}")
@@ -398,7 +410,11 @@ def check_config(cfg: Config) -> None:
                 _fail(cfg, f"stages.{i}.{name}", f"must be > 0, got {getattr(st, name)}")
         if st.lr <= 0:
             _fail(cfg, f"stages.{i}.lr", f"must be > 0, got {st.lr}")
-    checks = [
+
+
+def _range_checks(cfg: Config) -> list[tuple[str, bool, str]]:
+    """(key, holds, what it must be) for every single-value range rule."""
+    return [
         ("prepare.val_fraction", 0 <= cfg.prepare.val_fraction < 1, "must be in [0, 1)"),
         ("prepare.workers", cfg.prepare.workers >= 1, "must be >= 1"),
         ("prepare.stats_reduce", cfg.prepare.stats_reduce in (1, 2, 4, 8), "must be 1, 2, 4 or 8"),
@@ -434,14 +450,6 @@ def check_config(cfg: Config) -> None:
                                                                            for v in cfg.infer.window_stride),
          "must be [] or [sx, sy] with positive integers"),
     ]
-    for key, ok, msg in checks:
-        if not ok:
-            _fail(cfg, key, msg)
-    try:
-        from paddle_lane.core.labels import load_scheme
-        load_scheme(cfg.data.scheme)
-    except ValueError as exc:
-        _fail(cfg, "data.scheme", f"is not usable: {exc}")
 
 
 # ----------------------------------------------------------------------------- saving

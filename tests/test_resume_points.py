@@ -244,3 +244,35 @@ def test_evaluate_refuses_predictions_inside_the_ground_truth(prepared_synth, tm
         last = res.stderr.strip().splitlines()[-1]
         assert last.startswith(f"error: --pred {pred} is ") and f"ground-truth folder --gt {gt}" in last, last
     assert sorted(p.relative_to(gt) for p in gt.rglob("*")) == before  # nothing written into --gt
+
+
+# --- StageProgress: a stage's record, as its checkpoint state holds it (hand values) ---
+
+def test_stage_progress_keeps_the_best_and_counts_validations_without_gain():
+    from types import SimpleNamespace
+    from paddle_lane.engine.trainer import StageProgress
+    st = SimpleNamespace(iters=10, width=64, height=32)
+    p = StageProgress.resumed(1, st, None)
+    assert p.state(0.01) == {"stage": 1, "iter": 0, "lr": 0.01, "best_miou": -1.0, "best_iter": -1, "bad_vals": 0,
+                             "stage_done": False, "size": [64, 32], "log_window": []}
+    seen = []
+    for it, miou in [(2, 0.30), (4, 0.25), (6, 0.30), (8, 0.31)]:  # equal is no gain
+        p.it = it
+        seen.append((p.record_validation(miou, validated=True), p.best, p.best_iter, p.bad_vals))
+    assert seen == [(True, 0.30, 2, 0), (False, 0.30, 2, 1), (False, 0.30, 2, 2), (True, 0.31, 8, 0)]
+    p.it = 10
+    assert p.state(0.001, val_miou=0.31)["stage_done"] is True and p.state(0.001, val_miou=0.31)["val_miou"] == 0.31
+    blind = StageProgress.resumed(0, st, None)  # no val frames: every validation is the best (best = last)
+    blind.it = 5
+    assert blind.record_validation(float("nan"), validated=False) and blind.best_iter == 5 and blind.bad_vals == 0
+
+
+def test_stage_progress_resumes_from_a_checkpoint_state():
+    from types import SimpleNamespace
+    from paddle_lane.engine.trainer import StageProgress
+    state = {"stage": 0, "iter": 7, "lr": 0.005, "best_miou": 0.42, "best_iter": 6, "bad_vals": 1,
+             "stage_done": False, "size": [64, 32], "log_window": [[1.5, {"ce": 1.5}], [1.25, {"ce": 1.25}]]}
+    p = StageProgress.resumed(0, SimpleNamespace(iters=10, width=64, height=32), state)
+    assert (p.it, p.best, p.best_iter, p.bad_vals) == (7, 0.42, 6, 1)
+    assert p.window == [(1.5, {"ce": 1.5}), (1.25, {"ce": 1.25})]
+    assert p.state(0.005) == {**state, "log_window": [(1.5, {"ce": 1.5}), (1.25, {"ce": 1.25})]}

@@ -178,6 +178,25 @@ def _write_problems(res: PrepareResult, out: Path) -> None:
     res.files["problems"] = str(out / "problems.csv")
 
 
+def _stats_record(res: PrepareResult, data_root, scheme, cfg, counts, df: pd.DataFrame, train_df: pd.DataFrame,
+                  val_df: pd.DataFrame) -> dict:
+    """stats.json: what training reads (class weights, scheme, crop) and what the split was."""
+    names = scheme.class_names
+    return {
+        "data_root": str(Path(data_root).resolve()), "scheme": scheme.name, "class_names": names,
+        "ignore_policy": cfg.data.ignore_policy, "crop_offset": cfg.data.crop_offset,
+        "counts_region": f"rows >= crop_offset ({cfg.data.crop_offset}) of training frames, ignore excluded",
+        "class_pixels": [int(c) for c in counts], "class_frequencies": res.class_frequencies,
+        "class_weight_method": cfg.prepare.class_weight, "class_weight_formula": FORMULAS[cfg.prepare.class_weight],
+        "class_weights": res.class_weights,
+        "frames": {"pairs_found": res.pairs_found, "problems": len(res.problems),
+                   "dropped": len(res.dropped), "train": res.train, "val": res.val, "test": res.test_images},
+        "groups": {"train": sorted(train_df["group"].unique().tolist()), "val": sorted(val_df["group"].unique().tolist())},
+        "lane_pixels_above_crop": int(df["lane_pixels_above_crop"].sum()) if len(df) else 0,
+        "warnings": res.warnings, "cache": res.cache, "seconds": res.seconds,
+    }
+
+
 def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, workers: int | None = None,
             test_dir: str | os.PathLike | None = None) -> PrepareResult:
     """Scan, validate, measure, clean, split, weigh, write lists; optionally cache."""
@@ -228,19 +247,7 @@ def prepare(data_root: str | os.PathLike, out_dir: str | os.PathLike, cfg, worke
         res.cache = build_cache(df, out, cfg, scheme, workers, res.problems)
     res.seconds = round(time.time() - t0, 2)
     _write_problems(res, out)
-    stats = {
-        "data_root": str(Path(data_root).resolve()), "scheme": scheme.name, "class_names": names,
-        "ignore_policy": cfg.data.ignore_policy, "crop_offset": cfg.data.crop_offset,
-        "counts_region": f"rows >= crop_offset ({cfg.data.crop_offset}) of training frames, ignore excluded",
-        "class_pixels": [int(c) for c in counts], "class_frequencies": res.class_frequencies,
-        "class_weight_method": cfg.prepare.class_weight, "class_weight_formula": FORMULAS[cfg.prepare.class_weight],
-        "class_weights": res.class_weights,
-        "frames": {"pairs_found": res.pairs_found, "problems": len(res.problems),
-                   "dropped": len(res.dropped), "train": res.train, "val": res.val, "test": res.test_images},
-        "groups": {"train": sorted(train_df["group"].unique().tolist()), "val": sorted(val_df["group"].unique().tolist())},
-        "lane_pixels_above_crop": int(df["lane_pixels_above_crop"].sum()) if len(df) else 0,
-        "warnings": res.warnings, "cache": res.cache, "seconds": res.seconds,
-    }
+    stats = _stats_record(res, data_root, scheme, cfg, counts, df, train_df, val_df)
     atomic_write_json(out / "stats.json", stats)
     res.files["stats"] = str(out / "stats.json")
     return res
