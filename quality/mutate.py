@@ -121,6 +121,7 @@ def run_module(name: str, minutes: float, workers: int, show: int = 0) -> dict:
                  for k in code_survivors[:show]}
     return {"module": name, "finished": finished, "mutants": len(status), "killed": killed,
             "survived": len(survivors), "string_only": len(text_only), "other": len(status) - killed - len(survivors),
+            "other_kinds": {s: c for s, c in sorted(counts.items()) if s not in ("killed", "survived")},
             "score": killed / scored if scored else float("nan"), "seconds": time.monotonic() - t0,
             "examples": shows, "tail": tail if not finished else ""}
 
@@ -142,6 +143,8 @@ def main(argv=None) -> int:
         flag = "" if r["finished"] else "  (stopped at the time limit or failed: partial)"
         print(f"{r['module']:<11} {r['mutants']:>7} {r['killed']:>6} {r['survived']:>8} {r['string_only']:>9} "
               f"{r['other']:>5} {100 * r['score']:>5.1f}%  {r['seconds'] / 60:.1f} min{flag}")
+        if r["other_kinds"]:  # not scored: mutmut's own verdicts (no tests reach it, timeout, ...)
+            print("   other: " + ", ".join(f"{c} {s}" for s, c in r["other_kinds"].items()))
         if r["tail"]:
             print("   " + r["tail"].strip().splitlines()[-1] if r["tail"].strip() else "")
         for diff in r["examples"].values():

@@ -4,11 +4,14 @@ and what a used folder does. Fast: `./run.sh mutate manifest`."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
 from paddle_lane.core.errors import UserError
 from paddle_lane.inference.manifest import claim_folder, differences, served_manifest
+
+DEMO_CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "demo_tiny.yml")
 
 
 def infer_manifest(**over):
@@ -100,6 +103,8 @@ def test_the_served_identity_becomes_a_manifest_without_paths():
     assert got == client_manifest()
     assert "/secret" not in json.dumps(got)
     assert served_manifest({}, None)["scales"] == [1.0] and served_manifest({}, None)["flip"] is False
+    two = served_manifest({"members": [{"weight": 2 / 3}, {}]}, None)  # an export without weights: each 1
+    assert two["weights"] == [0.666667, 1.0]
 
 
 def test_a_folder_is_claimed_resumed_refused_or_moved_aside(tmp_path):
@@ -132,3 +137,56 @@ def test_pngs_without_a_manifest_or_an_unreadable_one_are_another_recipe(tmp_pat
     empty = tmp_path / "empty"
     empty.mkdir()
     assert claim_folder(empty, infer_manifest(), overwrite=False) == f"new submission folder {empty}"
+
+
+# --- build_manifest: what infer records, from a predictor and its config ---
+
+def _predictor(members, backend="dygraph"):
+    from types import SimpleNamespace
+    return SimpleNamespace(members=members, flip=True, scales=(0.75, 1.0), backend=backend,
+                           scheme=SimpleNamespace(name="apollo8"))
+
+
+def _member(name, sha256=None, weight=1.0):
+    from types import SimpleNamespace
+    return SimpleNamespace(name=name, sha256=sha256, size=(768, 256), arch="lite", mean=(0.5, 0.5, 0.5),
+                           std=(0.2, 0.2, 0.2), weight=weight)
+
+
+def test_build_manifest_records_checkpoints_by_content_and_the_shaping_config(tmp_path):
+    import hashlib
+    from importlib import metadata
+    from paddle_lane.config import load_config
+    from paddle_lane.inference.manifest import build_manifest
+    folder = tmp_path / "stage1" / "best"
+    folder.mkdir(parents=True)
+    (folder / "model.pdparams").write_bytes(b"weights of run A")
+    cfg = load_config(DEMO_CONFIG, [])
+    got = build_manifest(_predictor([_member(str(folder), weight=2 / 3), _member("x.pdparams", "b" * 64, 1 / 3)]), cfg)
+    assert got["checkpoints"][0] == {"path": str(folder), "sha256": hashlib.sha256(b"weights of run A").hexdigest(),
+                                     "size": [768, 256], "model": "lite", "mean": [0.5] * 3, "std": [0.2] * 3}
+    assert got["checkpoints"][1]["sha256"] == "b" * 64  # a member that knows its digest is not re-read
+    assert got["weights"] == [0.666667, 0.333333] and got["flip"] is True and got["scales"] == [0.75, 1.0]
+    assert "backend" not in got  # dygraph is the default and is not recorded
+    assert got["made_by"] == "infer" and got["scheme"] == "apollo8"
+    assert (got["crop_offset"], got["frame_height"]) == (cfg.data.crop_offset, cfg.data.frame_height)
+    assert got["code_version"] == metadata.version("paddle-lane")
+    assert build_manifest(_predictor([_member("x.pdparams", "b" * 64)], backend="onnxruntime"), cfg)["backend"] == \
+        "onnxruntime"
+
+    def sha1(*opts):
+        return build_manifest(_predictor([_member("x.pdparams", "b" * 64)]), load_config(DEMO_CONFIG,
+                                                                                         list(opts)))["config_sha1"]
+    base = sha1()
+    assert len(base) == 40 and sha1() == base
+    assert sha1("train.seed=7") == base and sha1("stages.0.iters=3") == base  # training alone: same outputs
+    for shaping in ("data.crop_offset=101", "data.frame_height=500", "data.mean=[0.4,0.5,0.5]", "data.std=[0.3,0.2,0.2]", "model.width=8",
+                    "infer.name_suffix=_x", "infer.window=[256,128]"):
+        assert sha1(shaping) != base, shaping
+
+
+def test_build_manifest_names_a_missing_checkpoint(tmp_path):
+    from paddle_lane.config import load_config
+    from paddle_lane.inference.manifest import build_manifest
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*gone"):
+        build_manifest(_predictor([_member(str(tmp_path / "gone"))]), load_config(DEMO_CONFIG, []))
