@@ -122,6 +122,8 @@ def run_module(name: str, minutes: float, workers: int, show: int = 0) -> dict:
     return {"module": name, "finished": finished, "mutants": len(status), "killed": killed,
             "survived": len(survivors), "string_only": len(text_only), "other": len(status) - killed - len(survivors),
             "other_kinds": {s: c for s, c in sorted(counts.items()) if s not in ("killed", "survived")},
+            "unreached": sorted({k.split("__mutmut_")[0].rsplit(".", 1)[-1].removeprefix("x_").replace("ǁ", ".")
+                                 for k, v in status.items() if v == "no tests"}),
             "score": killed / scored if scored else float("nan"), "seconds": time.monotonic() - t0,
             "examples": shows, "tail": tail if not finished else ""}
 
@@ -145,6 +147,8 @@ def main(argv=None) -> int:
               f"{r['other']:>5} {100 * r['score']:>5.1f}%  {r['seconds'] / 60:.1f} min{flag}")
         if r["other_kinds"]:  # not scored: mutmut's own verdicts (no tests reach it, timeout, ...)
             print("   other: " + ", ".join(f"{c} {s}" for s, c in r["other_kinds"].items()))
+        if r["unreached"]:
+            print("   no test reaches: " + ", ".join(r["unreached"]))
         if r["tail"]:
             print("   " + r["tail"].strip().splitlines()[-1] if r["tail"].strip() else "")
         for diff in r["examples"].values():

@@ -315,3 +315,19 @@ def test_optimizer_keys_take_the_longest_parameter_name_that_prefixes_them():
     mapping = {"conv": "@a", "conv_bn": "@b"}
     state = {"conv_bn_moment1_0": 1, "conv_moment1_0": 2, "LR_Scheduler": 3}
     assert ck._rename_keys(state, mapping) == {"@b_moment1_0": 1, "@a_moment1_0": 2, "LR_Scheduler": 3}
+
+
+def test_load_weights_copies_every_tensor_and_refuses_a_checkpoint_missing_one(tmp_path):
+    folder = save(tmp_path / "stage0" / "iter_0000004", seed=1)
+    target = layer(2)
+    ck.load_weights(target, folder)
+    source = layer(1)
+    for name, value in source.state_dict().items():
+        np.testing.assert_array_equal(target.state_dict()[name].numpy(), value.numpy())
+    partial = tmp_path / "partial.pdparams"
+    paddle.save({"weight": source.weight}, str(partial))  # no bias
+    with pytest.raises(ValueError, match=r"partial.pdparams: checkpoint does not match the model: 1 parameter\(s\) "
+                                         r"missing, e.g. bias"):
+        ck.load_weights(layer(2), partial)
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        ck.load_weights(layer(2), tmp_path / "gone")

@@ -200,3 +200,11 @@ def test_errors_name_their_source_and_small_weights_normalise(tmp_path):
     with pytest.raises(ValueError, match=r"^upload: image height 20 is not above data.crop_offset 20$"):
         geo.inputs_from_bytes(cut.read_bytes(), [(12, 8)], 20, (24, 20), "upload")
     assert geo.normalize_weights([0.5, 0.25], 2) == pytest.approx([2 / 3, 1 / 3])
+
+
+def test_each_tta_scale_weighs_the_same_and_none_is_an_error():
+    assert geo.scale_weights([1.0]) == [1.0]
+    assert geo.scale_weights([0.75, 1.0, 1.25]) == [1 / 3] * 3
+    assert geo.scale_weights((0.5, 1.0)) == [0.5, 0.5]
+    with pytest.raises(ValueError, match="TTA needs at least one scale"):
+        geo.scale_weights([])

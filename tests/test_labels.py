@@ -306,3 +306,13 @@ def test_cv2_gray_reading_of_real_palette_labels_corrupts_ids(real_pairs):
         if corrupted:
             break
     assert corrupted >= 1
+
+
+def test_known_id_mask_is_true_exactly_at_the_table_ids():
+    from paddle_lane.core.labels import known_id_mask
+    table = Path(__file__).resolve().parents[1] / "paddle_lane" / "core" / "apollo_labels.csv"
+    with open(table, newline="") as fh:
+        ids = {int(row["id"]) for row in csv.DictReader(fh)}
+    mask = known_id_mask()
+    assert mask.dtype == bool and mask.shape == (256,)
+    assert set(np.flatnonzero(mask).tolist()) == ids and 0 in ids and 255 in ids

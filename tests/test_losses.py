@@ -241,3 +241,37 @@ def test_weighted_focal_matches_hand_computation_on_2x2():
     # gamma = 0: the weighted cross-entropy, sum w * -log p_t / sum w
     ce = float((-w * np.log(p_t)).sum() / w.sum())
     assert float(FocalLoss(gamma=0.0, class_weights=weights)(*tensors(logits, labels))) == pytest.approx(ce, rel=1e-5)
+
+
+# --- every output of a model with auxiliary heads: weights and the summed loss ---
+
+def test_output_coef_configured_then_paddleseg_published_then_ones():
+    from paddle_lane.losses import output_coef
+    assert output_coef([2, 0.5], "OCRNet", 2) == [2.0, 0.5]  # the config wins
+    assert output_coef(None, "OCRNet", 2) == [1.0, 0.4]  # PaddleSeg's configs/ocrnet loss.coef
+    assert output_coef(None, "PPLiteSeg", 3) == [1.0, 1.0, 1.0]
+    assert output_coef(None, "BiSeNetV2", 5) == [1.0] * 5
+    assert output_coef(None, None, 1) == [1.0] and output_coef(None, "UNet", 2) == [1.0, 1.0]
+    assert all(type(c) is float for c in output_coef([1, 2], None, 2))
+    with pytest.raises(ConfigError, match=r"model.loss_coef' has 2 weight\(s\) \[1.0, 0.4\] but the model returns 3"):
+        output_coef(None, "OCRNet", 3)
+    with pytest.raises(ConfigError, match="has 1 weight"):
+        output_coef([1.0], None, 2)
+
+
+def test_multi_output_loss_is_the_weighted_sum_of_each_outputs_loss():
+    from paddle_lane.losses import multi_output_loss
+    main, labels = random_batch(seed=1)
+    aux1, _ = random_batch(seed=2)
+    aux2, _ = random_batch(seed=3)
+    loss = build_loss([LossTerm(type="ce", weight=1.0)], C, None)
+    total, terms = multi_output_loss(loss, [paddle.to_tensor(x) for x in (main, aux1, aux2)], paddle.to_tensor(labels),
+                                     [1.0, 0.4, 0.25])
+    expected = numpy_ce(main, labels) + 0.4 * numpy_ce(aux1, labels) + 0.25 * numpy_ce(aux2, labels)
+    assert float(total) == pytest.approx(expected, rel=1e-5)
+    assert sorted(terms) == ["aux1", "aux2", "ce"]
+    assert float(terms["ce"]) == pytest.approx(numpy_ce(main, labels), rel=1e-5)
+    assert float(terms["aux1"]) == pytest.approx(numpy_ce(aux1, labels), rel=1e-5)
+    assert float(terms["aux2"]) == pytest.approx(numpy_ce(aux2, labels), rel=1e-5)
+    alone, alone_terms = multi_output_loss(loss, [paddle.to_tensor(main)], paddle.to_tensor(labels), [3.0])
+    assert float(alone) == pytest.approx(3 * numpy_ce(main, labels), rel=1e-5) and list(alone_terms) == ["ce"]
