@@ -257,3 +257,11 @@ def test_an_old_flag_prints_its_note_once_on_stderr(tmp_path, capsys):
     code = cli.main(["evaluate", "--pred", str(tmp_path / "none"), "--gt", str(tmp_path / "none"), "--workers", "1"])
     err = capsys.readouterr().err.splitlines()
     assert err[0] == "note: --workers is now --threads (the old name still works)" and code == 2
+
+
+def test_the_demo_finds_its_config_in_the_checkout():
+    """`./run.sh demo` with no --config reads configs/demo_tiny.yml of this checkout (it looked in
+    paddle_lane/configs/ after the package gained its cli/ folder, and every demo stopped at once)."""
+    from paddle_lane.cli.demo import DEMO_CONFIG
+    assert DEMO_CONFIG == ROOT / "configs" / "demo_tiny.yml" and DEMO_CONFIG.is_file()
+    assert cli.build_parser().parse_args(["demo"]).config is None  # so the default above is the one used

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from paddle_lane.config import load_config
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]  # the checkout: paddle_lane/cli/demo.py is two folders down
 DEMO_CONFIG = ROOT / "configs" / "demo_tiny.yml"
 
 
